@@ -1,0 +1,1 @@
+"""Shipped Hydra configs: the ``initspec`` presets and example ``model`` configs."""

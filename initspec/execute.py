@@ -1,0 +1,338 @@
+"""Execution: make the plan true, all or nothing.
+
+Phase A (reversible): materialize meta tensors, run ``reset_parameters()``
+of modules the plan resets (under a forked RNG), and compute every *staged*
+pipeline (transforms of existing values, checkpoints, custom callables,
+anything that could overflow) into temporaries that are checked for inf/NaN.
+If anything fails, the model is put back exactly as it was.
+
+Phase B: tie, fill every other tensor in place from its streams (chunks run
+on a thread pool), copy the staged temporaries in. Pipelines filled here are
+proven finite at plan time, so this phase has nothing left to fail on.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import InitSpecError, Problem
+from .kernels import RNG_LOCK, run_block, run_whole
+from .ops import needs_whole, reads_existing
+from .plan import Entry, Layout, Plan
+from .spec import ROOT
+from .streams import Stream, chunk_ranges, generation_dtype, stream_seed
+from .ties import tie, untie
+from .tree import TensorSlot, is_dtensor, is_meta, local_tensor
+
+SMALL_TASK = 1 << 18  # tasks below this many elements are batched together
+
+
+@dataclass(frozen=True)
+class Region:
+    """The part of a parameter this process holds, in global coordinates."""
+
+    local: torch.Tensor             # the storage to write
+    offset: tuple[int, ...]
+    global_shape: tuple[int, ...]
+
+    @property
+    def full(self) -> bool:
+        return tuple(self.local.shape) == self.global_shape
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        if not self.global_shape:
+            return 0, 1
+        return self.offset[0], self.offset[0] + self.local.shape[0]
+
+    def full_width(self) -> bool:
+        return (all(o == 0 for o in self.offset[1:])
+                and tuple(self.local.shape[1:]) == self.global_shape[1:])
+
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.local.shape))
+
+
+def region_of(tensor: torch.Tensor) -> Region:
+    if is_dtensor(tensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        local = local_tensor(tensor)
+        shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+        if tuple(local.shape) != tuple(shape):  # padded shard storage
+            local = local[tuple(slice(0, n) for n in shape)]
+        return Region(local, tuple(offset), tuple(tensor.shape))
+    return Region(tensor, (0,) * tensor.dim(), tuple(tensor.shape))
+
+
+def live_tensor(slot: TensorSlot) -> torch.Tensor:
+    module = slot.owner.module
+    store = module._parameters if slot.kind == "parameter" else module._buffers
+    return store[slot.attr]
+
+
+def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
+            threads: int | None = None) -> None:
+    """Apply ``plan`` to ``model``; on failure the model is left as it was."""
+    entries = [e for e in plan.entries]
+    threads = threads or default_threads()
+    undo_materialize: list = []
+    undo_resets: list = []
+    try:
+        undo_materialize = _materialize(layout, entries, device)
+        undo_resets = _resets(plan, layout)
+        staged = _stage(plan, layout, entries, threads)
+    except BaseException as exc:
+        _restore(undo_resets)
+        _restore(undo_materialize)
+        if isinstance(exc, InitSpecError):
+            raise
+        raise
+    undo_ties: list = []
+    try:
+        for group in plan.ties:
+            undo_ties += tie(model, layout.tree, group)
+        tasks: list[tuple[int, Callable[[], None]]] = []
+        with torch.no_grad():
+            for entry in entries:
+                if entry.action != "fill":
+                    continue
+                tensor = _current(layout, entry)
+                region = region_of(tensor)
+                if entry.staged:
+                    tasks.append((region.local.numel(), _copier(region.local, staged[entry.name])))
+                else:
+                    tasks += fill_tasks(entry, region, plan)
+            run_tasks(tasks, threads)
+    except BaseException:
+        untie(undo_ties)
+        if undo_materialize:
+            _restore(undo_materialize)
+        raise
+
+
+def default_threads() -> int:
+    """Threads for chunk filling: torch's intra-op setting (torchrun sets OMP_NUM_THREADS)."""
+    return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
+
+
+def _current(layout: Layout, entry: Entry) -> torch.Tensor:
+    for slot in layout.slots[entry.name]:
+        if slot.name == entry.name:
+            return live_tensor(slot)
+    return live_tensor(layout.slots[entry.name][0])
+
+
+def _copier(dst: torch.Tensor, src: torch.Tensor) -> Callable[[], None]:
+    def copy() -> None:
+        dst.copy_(src)
+    return copy
+
+
+def stream_of(plan: Plan, entry: Entry, device: torch.device) -> Stream:
+    gen_device = torch.device("cpu") if plan.streams == "portable" else device
+    return Stream(plan.seed, entry.name, gen_device)
+
+
+def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Callable[[], None]]]:
+    """Tasks that write ``entry``'s values into ``region.local``."""
+    target = region.local
+    if target.numel() == 0:
+        return []
+    stream = stream_of(plan, entry, target.device)
+    dtype = generation_dtype(target.dtype)
+    shape = region.global_shape or (1,)
+    if needs_whole(entry.ops):
+        def whole() -> None:
+            if reads_existing(entry.ops):
+                full = target.detach().to(stream.device, dtype, copy=True)
+                if not region.full:
+                    raise InitSpecError(entry.ops[0].origin or ROOT,
+                                        f"{entry.name!r} is sharded, and a whole-tensor pipeline that reads the "
+                                        "current values cannot run on a shard", "start the pipeline with a sampler")
+            else:
+                full = torch.empty(shape, dtype=dtype, device=stream.device)
+            run_whole(entry.ops, full, stream)
+            part = full.reshape(region.global_shape)[region.slices()] if region.global_shape else full.reshape(())
+            target.copy_(part)
+        return [(target.numel(), whole)]
+    view = target.view(1) if target.dim() == 0 else target
+    r0, r1 = region.rows
+    direct_ok = (region.full_width() and view.is_contiguous() and view.dtype == dtype
+                 and view.device == stream.device)
+    tasks = []
+    for chunk, c0, c1 in chunk_ranges(shape, r0, r1):
+        if direct_ok and c0 >= r0 and c1 <= r1:
+            tasks.append(((c1 - c0), _direct(entry, view[c0 - r0:c1 - r0], chunk, c0, stream)))
+        else:
+            tasks.append(((c1 - c0), _via_block(entry, view, region, chunk, c0, c1, stream, dtype)))
+    row = max(1, view[0].numel()) if view.dim() else 1
+    return [(n * row, fn) for n, fn in tasks]
+
+
+def _direct(entry: Entry, buf: torch.Tensor, chunk: int, row0: int, stream: Stream) -> Callable[[], None]:
+    def fill() -> None:
+        run_block(entry.ops, buf, chunk, row0, stream)
+    return fill
+
+
+def _via_block(entry: Entry, view: torch.Tensor, region: Region, chunk: int, c0: int, c1: int,
+               stream: Stream, dtype: torch.dtype) -> Callable[[], None]:
+    def fill() -> None:
+        shape = (region.global_shape or (1,))
+        block = torch.empty((c1 - c0, *shape[1:]), dtype=dtype, device=stream.device)
+        r0, r1 = region.rows
+        lo, hi = max(c0, r0), min(c1, r1)
+        inner = (slice(lo - c0, hi - c0),) + tuple(slice(o, o + n) for o, n in zip(region.offset[1:], view.shape[1:]))
+        if reads_existing(entry.ops):
+            block[inner].copy_(view[lo - r0:hi - r0])
+        run_block(entry.ops, block, chunk, c0, stream)
+        view[lo - r0:hi - r0].copy_(block[inner])
+    return fill
+
+
+def run_tasks(tasks: list[tuple[int, Callable[[], None]]], threads: int) -> None:
+    """Run fill tasks, small ones batched, on ``threads`` threads (values never depend on it)."""
+    batches: list[list[Callable[[], None]]] = []
+    pending: list[Callable[[], None]] = []
+    size = 0
+    for numel, fn in tasks:
+        if numel >= SMALL_TASK:
+            batches.append([fn])
+            continue
+        pending.append(fn)
+        size += numel
+        if size >= SMALL_TASK:
+            batches.append(pending)
+            pending, size = [], 0
+    if pending:
+        batches.append(pending)
+
+    def run(batch: list[Callable[[], None]]) -> None:
+        with torch.no_grad():
+            for fn in batch:
+                fn()
+
+    if threads <= 1 or len(batches) <= 1:
+        for batch in batches:
+            run(batch)
+        return
+    with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
+        for future in [pool.submit(run, b) for b in batches]:
+            future.result()
+
+
+# ------------------------------------------------------------------ phase A
+
+def _materialize(layout: Layout, entries: list[Entry], device: Any) -> list:
+    """Give every meta tensor storage on ``device``, once per unique tensor (ties kept)."""
+    meta = [e for e in entries if is_meta(layout.tensors[e.name])]
+    if not meta:
+        return []
+    if device is None:
+        raise InitSpecError("device", f"{len(meta)} tensor(s) are on the meta device (e.g. {meta[0].name!r}) "
+                            "and no device was given", "pass device='cpu' (or 'cuda') to apply()")
+    device = torch.device(device)
+    if any(is_dtensor(layout.tensors[e.name]) for e in meta):
+        return _materialize_dtensors(layout, meta, device)
+    undo = []
+    with torch.no_grad():
+        for entry in meta:
+            old = layout.tensors[entry.name]
+            new = torch.empty(old.shape, dtype=old.dtype, device=device)
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for slot in layout.slots[entry.name]:
+                if live_tensor(slot) is old:
+                    undo.append((slot, old))
+                    _set(slot, new)
+    return undo
+
+
+def _materialize_dtensors(layout: Layout, meta: list[Entry], device: torch.device) -> list:
+    """FSDP2/DTensor models: ``to_empty`` on the root (FSDP2 re-registers its sharded
+    parameters), then restore the sharing that materialization broke."""
+    if len(meta) != len(layout.tensors):
+        raise InitSpecError("device", "the model mixes meta and materialized DTensors",
+                            "build the whole model on the meta device before fully_shard")
+    undo = [(slot, live_tensor(slot)) for slot in layout.tree.tensors]
+    before = {id(slot): tensor for slot, tensor in undo}
+    layout.tree.modules[0].module.to_empty(device=device)
+    for entry in meta:
+        old = layout.tensors[entry.name]
+        own = [s for s in layout.slots[entry.name] if before[id(s)] is old]
+        head = next((s for s in own if s.name == entry.name), own[0])
+        for slot in own:
+            if slot is not head:
+                _set(slot, live_tensor(head))
+    return undo
+
+
+def _set(slot: TensorSlot, tensor: torch.Tensor) -> None:
+    module = slot.owner.module
+    if slot.kind == "parameter":
+        module._parameters[slot.attr] = tensor
+    else:
+        module._buffers[slot.attr] = tensor
+
+
+def _restore(undo: list) -> None:
+    for slot, old in reversed(undo):
+        if isinstance(slot, TensorSlot):
+            _set(slot, old)
+        else:  # (tensor, saved values)
+            with torch.no_grad():
+                slot.copy_(old)
+
+
+def _resets(plan: Plan, layout: Layout) -> list:
+    """Run reset_parameters() of the plan's modules under a forked, seeded RNG."""
+    undo = []
+    for name, module in zip(layout.reset_names, layout.reset_modules):
+        with torch.no_grad():
+            for tensor in [*module._parameters.values(), *module._buffers.values()]:
+                if tensor is not None and not is_meta(tensor):
+                    undo.append((tensor, tensor.detach().clone()))
+        try:
+            with RNG_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stream_seed(plan.seed, f"reset:{name}", 0, 0) % (2 ** 63))
+                module.reset_parameters()
+        except Exception as exc:
+            _restore(undo)
+            raise InitSpecError(f"{ROOT}.default", f"reset_parameters() of {name or 'the root module'!r} "
+                                f"({type(module).__name__}) failed: {exc!r}", "add rules for its parameters") from exc
+    return undo
+
+
+def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int) -> dict[str, torch.Tensor]:
+    """Compute staged pipelines into temporaries and check them."""
+    staged: dict[str, torch.Tensor] = {}
+    problems: list[Problem] = []
+    for entry in entries:
+        if entry.action != "fill" or not entry.staged:
+            continue
+        tensor = _current(layout, entry)
+        region = region_of(tensor)
+        temp = region.local.detach().clone() if reads_existing(entry.ops) else torch.empty_like(region.local)
+        temp_region = Region(temp, region.offset, region.global_shape)
+        try:
+            run_tasks(fill_tasks(entry, temp_region, plan), threads)
+        except InitSpecError:
+            raise
+        except Exception as exc:
+            origin = next((o.origin for o in entry.ops if o.kind in ("custom", "checkpoint")), entry.ops[0].origin)
+            raise InitSpecError(origin or ROOT, f"computing {entry.name!r} failed: {type(exc).__name__}: {exc}",
+                                "fix the step (a custom function must fill the tensor in place)") from exc
+        if temp.is_floating_point() and not bool(torch.isfinite(temp).all()):
+            bad = "NaN" if bool(torch.isnan(temp).any()) else "inf"
+            problems.append(Problem(entry.ops[-1].origin or ROOT,
+                                    f"pipeline of rule {entry.rule!r} produced {bad} values for {entry.name!r} "
+                                    f"({entry.steps})", "check its scale/add arguments and custom functions"))
+        staged[entry.name] = temp
+    if problems:
+        raise InitSpecError(problems)
+    return staged

@@ -1,0 +1,97 @@
+"""Tables for plans and reports (rich), as plain text."""
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .report import Report
+
+
+def _console(width: int | None) -> Console:
+    return Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
+                   highlight=False, soft_wrap=False)
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def _name(entry) -> str:
+    if not entry.aliases:
+        return entry.name
+    shown = ", ".join(entry.aliases[:3]) + (" ..." if len(entry.aliases) > 3 else "")
+    return f"{entry.name} (= {shown})"
+
+
+def _steps(entry) -> str:
+    if entry.action == "keep":
+        return "(kept)"
+    if entry.action == "reset":
+        return "reset_parameters()"
+    return entry.steps
+
+
+def _footer(plan: "Plan") -> list[str]:
+    lines = []
+    for group in plan.ties:
+        lines.append(f"tie {group.name} ({group.kind}): {group.source} <- {', '.join(group.targets) or '(nothing)'}")
+    for rule in plan.rules:
+        if rule.fully_shadowed:
+            lines.append(f"rule {rule.name}: fully shadowed (matches {rule.matched}, fills none)")
+        elif rule.matched == 0:
+            lines.append(f"rule {rule.name}: matches nothing (optional or strict: false)")
+    if plan.resets:
+        lines.append("reset_parameters() first on: " + ", ".join(n or "(root)" for n in plan.resets))
+    lines += [f"warning: {w}" for w in plan.warnings]
+    return lines
+
+
+def render_plan(plan: "Plan", width: int | None = None) -> str:
+    table = Table(title=f"initspec plan (seed {plan.seed}, streams {plan.streams})", show_lines=False)
+    for column in ("parameter", "shape", "rule", "steps", "tie", "shadowed"):
+        table.add_column(column, overflow="fold")
+    for e in plan.entries:
+        table.add_row(_name(e), "x".join(map(str, e.shape)) or "()", e.rule or f"({e.action})", _steps(e),
+                      e.tie or "", ", ".join(e.shadowed))
+    console = _console(width)
+    console.print(table)
+    for line in _footer(plan):
+        console.print(line)
+    return console.file.getvalue()
+
+
+def render_report(report: "Report", width: int | None = None) -> str:
+    plan = report.plan
+    table = Table(title=f"initspec report (seed {plan.seed}, {report.seconds:.3f} s)")
+    for column in ("parameter", "shape", "rule", "steps", "tie", "expected std", "mean", "std", "min", "max", "zeros"):
+        table.add_column(column, overflow="fold")
+    stats = report.stats
+    for e in plan.entries:
+        s = stats.get(e.name)
+        table.add_row(_name(e), "x".join(map(str, e.shape)) or "()", e.rule or f"({e.action})", _steps(e),
+                      e.tie or "", _num(e.expected_std),
+                      *(("",) * 5 if s is None else
+                        (_num(s.mean), _num(s.std), _num(s.min), _num(s.max), f"{100 * s.zero_fraction:.1f}%")))
+    console = _console(width)
+    console.print(table)
+    for line in _footer(plan):
+        console.print(line)
+    return console.file.getvalue()
+
+
+def render_rule_stats(report: "Report", width: int | None = None) -> str:
+    table = Table(title="statistics per rule")
+    for column in ("rule", "tensors", "numel", "expected std", "std", "mean", "min", "max"):
+        table.add_column(column)
+    for rule, acc in report.rule_stats().items():
+        table.add_row(rule, str(acc["tensors"]), str(acc["numel"]),
+                      ", ".join(f"{x:.4g}" for x in acc["expected_std"]) or "-",
+                      _num(acc["std"]), _num(acc["mean"]), _num(acc["min"]), _num(acc["max"]))
+    console = _console(width)
+    console.print(table)
+    return console.file.getvalue()
