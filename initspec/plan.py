@@ -222,12 +222,15 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
 
     for r, (rule_name, rule) in enumerate(rules):
         if matched_count[r] == 0 and spec.strict and not rule.optional:
-            names = [n for n in slot_names]
+            names = slot_names
             hints = sorted({h for p in rule.match for h in nearest(p, names)})[:3]
+            rooted = [p for p in rule.match if p.startswith("*.") and p[2:] in names]
+            note = (f" ('{rooted[0]}' needs a dot before '{rooted[0][2:]}': a top-level name is matched by "
+                    f"'{rooted[0][2:]}' or '*{rooted[0][2:]}')" if rooted else "")
             problems.append(Problem(f"{ROOT}.rules.{rule_name}.match",
                                     f"rule {rule_name!r} ({', '.join(rule.match)}) matches no "
                                     f"{'parameter or buffer' if rule.buffers else 'parameter'}"
-                                    + (f"; nearest names: {', '.join(hints)}" if hints else ""),
+                                    + (f"; nearest names: {', '.join(hints)}" if hints else "") + note,
                                     "fix the pattern, set optional: true on the rule, or strict: false"))
 
     entries, reset_names = _defaults(spec, entries, uncovered, resets, problems)
