@@ -57,6 +57,6 @@ def suggest(word: str, choices: Iterable[str], n: int = 1) -> str:
 
 
 def raise_all(problems: Sequence[Problem]) -> None:
-    """Raise one InitSpecError carrying every problem, if there is any."""
+    """Raise one InitSpecError carrying every problem (duplicates once), if there is any."""
     if problems:
-        raise InitSpecError(list(problems))
+        raise InitSpecError(list(dict.fromkeys(problems)))

@@ -136,8 +136,6 @@ def validate(data: Any) -> Spec:
         raise_all(problems)
         raise
     raise_all(problems)
-    problems += [p for name, rule in spec.rules.items() for p in _check_steps(name, rule)]
-    raise_all(problems)
     return spec
 
 
@@ -201,6 +199,7 @@ def _normalize_rule(name: str, rule: Any, problems: list[Problem]) -> Any:
         problems.append(Problem(f"{path}.init", "init is an empty list", "give at least one step, e.g. zeros"))
     rule["init"] = steps
     rule["init_is_list"] = is_list
+    problems += _check_steps(name, steps, is_list)
     return rule
 
 
@@ -229,29 +228,31 @@ def _parse_step(step: Any, path: str, problems: list[Problem]) -> dict | None:
     return {"fn": fn, "args": step}
 
 
-def step_path(rule_name: str, rule: Rule, index: int, arg: str = "") -> str:
+def step_path(rule_name: str, rule: Rule | bool, index: int, arg: str = "") -> str:
     """Config path of step ``index`` of a rule (and optionally one of its args)."""
-    base = f"{ROOT}.rules.{rule_name}.init" + (f".{index}" if rule.init_is_list else "")
+    is_list = rule if isinstance(rule, bool) else rule.init_is_list
+    base = f"{ROOT}.rules.{rule_name}.init" + (f".{index}" if is_list else "")
     return f"{base}.{arg}" if arg else base
 
 
-def _check_steps(rule_name: str, rule: Rule) -> list[Problem]:
+def _check_steps(rule_name: str, steps: list[dict], is_list: bool) -> list[Problem]:
     """Argument names and literal values of each step, before any model is seen."""
     problems = []
-    for i, step in enumerate(rule.init):
-        if step.fn is not None or STEPS[step.name].custom:
-            for key, value in step.args.items():
+    for i, step in enumerate(steps):
+        if "fn" in step or STEPS[step["name"]].custom:
+            for key, value in step["args"].items():
                 if isinstance(value, dict) and set(value) != {"expr"}:
-                    problems.append(Problem(step_path(rule_name, rule, i, key),
+                    problems.append(Problem(step_path(rule_name, is_list, i, key),
                                             f"a mapping argument must be {{expr: '...'}}, got {value!r}", ""))
             continue
-        spec_args = STEPS[step.name].args
-        for key, value in step.args.items():
-            if key not in spec_args:
+        name = step["name"]
+        spec_args = STEPS[name].args
+        for key, value in step["args"].items():
+            if not isinstance(key, str) or key not in spec_args:
                 known = list(spec_args) or ["(none)"]
-                problems.append(Problem(step_path(rule_name, rule, i, key),
-                                        f"unknown argument {key!r} for step {step.name!r}.{suggest(key, spec_args)}",
-                                        f"{step.name} takes: {', '.join(known)}"))
+                problems.append(Problem(step_path(rule_name, is_list, i, key),
+                                        f"unknown argument {key!r} for step {name!r}.{suggest(key, spec_args)}",
+                                        f"{name} takes: {', '.join(known)}"))
                 continue
             arg = spec_args[key]
             if arg.kind == "number" and isinstance(value, str) and not NUMERIC_RE.match(value.strip()):
@@ -261,11 +262,11 @@ def _check_steps(rule_name: str, rule: Rule) -> list[Problem]:
             try:
                 check_value(key, arg, value)
             except StepArgError as exc:
-                problems.append(Problem(step_path(rule_name, rule, i, key), exc.what, exc.fix))
+                problems.append(Problem(step_path(rule_name, is_list, i, key), exc.what, exc.fix))
         for key, arg in spec_args.items():
-            if arg.default is REQUIRED and key not in step.args:
-                problems.append(Problem(step_path(rule_name, rule, i, key),
-                                        f"step {step.name!r} needs argument {key!r}",
+            if arg.default is REQUIRED and key not in step["args"]:
+                problems.append(Problem(step_path(rule_name, is_list, i, key),
+                                        f"step {name!r} needs argument {key!r}",
                                         f"add {key}: <value> to the step"))
     return problems
 
