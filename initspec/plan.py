@@ -24,6 +24,7 @@ from .expr import ExprError, evaluate
 from .match import PatternError, PatternSet, compile_pattern, glob_captures, nearest
 from .ops import Op, expected_std, op, reads_existing, value_bounds
 from .spec import ROOT, Rule, Spec, step_path
+from .streams import generation_dtype
 from .tensor_info import ExprNames, TensorInfo
 from .ties import TieGroup, expand_ties
 from .tree import Tree, TensorSlot, is_meta, walk
@@ -174,6 +175,7 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
     uncovered: list[tuple[str, TensorSlot]] = []
     resets: dict[str, nn.Module] = {}
     ctx = _Context(dict(spec.vars), tuple(allow_fn))
+    failing: dict[Problem, list[str]] = {}    # a step problem -> the tensors it occurs for
     slot_index = {id(s): i for i, s in enumerate(tree.tensors)}
 
     for key, unit in by_id.items():
@@ -208,7 +210,8 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
                          + [f"{rules[r][0]} (tie)" for r in tied_candidates])
         ops, step_problems = _resolve(rule_name, rule, head, tensor, ctx)
         if step_problems:
-            problems += step_problems
+            for p in step_problems:
+                failing.setdefault(p, []).append(name)
             continue
         if is_meta(tensor) and reads_existing(ops):
             problems.append(Problem(step_path(rule_name, rule, 0),
@@ -220,6 +223,7 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
                              expected_std=expected_std(ops, tuple(tensor.shape)),
                              staged=_needs_staging(ops, tensor.dtype), **base))
 
+    problems += [_for_tensors(p, names) for p, names in failing.items()]
     for r, (rule_name, rule) in enumerate(rules):
         if matched_count[r] == 0 and spec.strict and not rule.optional:
             names = slot_names
@@ -244,6 +248,14 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
         warnings=tuple(_warnings(tree)), spec=spec)
     layout = Layout(tree, tensors, slots_of, tuple(resets.values()), tuple(reset_names))
     return plan, layout
+
+
+def _for_tensors(problem: Problem, names: list[str]) -> Problem:
+    """Name the tensors a step problem occurs for (once per problem, not per tensor)."""
+    if all(n in problem.what for n in names):
+        return problem
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return Problem(problem.path, f"{problem.what} (for {shown})", problem.fix)
 
 
 def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problems: list[Problem]) -> list[list[int]]:
@@ -336,9 +348,14 @@ def _resolve(rule_name: str, rule: Rule, head: TensorSlot, tensor: torch.Tensor,
             ops.append(dataclasses.replace(resolved, origin=step_path(rule_name, rule, i)))
         except StepArgError as exc:
             where = step_path(rule_name, rule, i, exc.arg)
-            problems.append(Problem(where, f"{exc.what} (for {head.name!r})" if head.name not in exc.what else exc.what,
-                                    exc.fix))
+            problems.append(Problem(where, exc.what, exc.fix))
             break
+        except Exception as exc:  # a step's own arithmetic (overflow, a zero-size dim) is a planning problem too
+            problems.append(Problem(step_path(rule_name, rule, i), f"step {step} failed: {type(exc).__name__}: {exc}",
+                                    "check the step's arguments against the tensor's shape"))
+            break
+    if not problems:
+        problems = _kernel_problems(ops, tensor.dtype)
     result = (tuple(_checkpoint_fallback(ops)), problems)
     cache[key] = result
     return result
@@ -423,6 +440,19 @@ def _checkpoint_fallback(ops: list[Op]) -> list[Op]:
                 return [o]
             return [x for x in ops if x is not o] or [o]
     return ops
+
+
+def _kernel_problems(ops: list[Op], dtype: torch.dtype) -> list[Problem]:
+    """Ops torch would refuse mid-fill: uniform ranges the generation dtype cannot hold."""
+    gen = generation_dtype(dtype)
+    limit = torch.finfo(gen).max
+    problems = []
+    for o in ops:
+        if o.kind == "uniform" and not (abs(o["a"]) <= limit and abs(o["b"]) <= limit and o["b"] - o["a"] <= limit):
+            problems.append(Problem(o.origin or ROOT, f"{o} needs a range of {o['b'] - o['a']:g}, more than "
+                                    f"{str(gen).removeprefix('torch.')} holds (max {limit:g})",
+                                    "narrow the range" + (", or use float64 parameters" if gen != torch.float64 else "")))
+    return problems
 
 
 def _needs_staging(ops: tuple[Op, ...], dtype: torch.dtype) -> bool:
