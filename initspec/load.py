@@ -74,10 +74,19 @@ def _find(obj: str | os.PathLike) -> Path:
     raise InitSpecError(ROOT, f"spec file {str(path)!r} does not exist", "check the path")
 
 
+MAX_YAML_NODES = 20_000  # after alias expansion: a spec is far smaller; anchors can multiply it
+
+
 def _from_file(path: Path) -> DictConfig:
-    text = path.read_text()
-    problems = _boolean_keys(text, path)
     try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InitSpecError(f"{ROOT} ({path})", f"cannot read the spec file: {exc}",
+                            "save it as UTF-8 text and check that it is readable") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_size(root, path)
+        problems = _boolean_keys(root, path)
         node = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -85,21 +94,55 @@ def _from_file(path: Path) -> DictConfig:
         reason = getattr(exc, "problem", None) or str(exc)
         raise InitSpecError(f"{ROOT} ({where})", f"the YAML does not parse: {reason}",
                             "fix the YAML syntax at that line (indentation, brackets, quotes)") from None
+    except OmegaConfBaseException as exc:
+        raise InitSpecError(f"{ROOT} ({path})", f"the YAML is not a valid config: {str(exc).splitlines()[0]}",
+                            "use string keys and plain values") from None
     if not isinstance(node, DictConfig):
         raise InitSpecError(f"{ROOT} ({path})", "the file holds a list, not a mapping", "write rules:, ties:, ...")
     raise_all(problems)
     return node
 
 
-def _boolean_keys(text: str, path: Path) -> list[Problem]:
+def _check_size(root: Any, path: Path) -> None:
+    """Refuse alias cycles and documents that anchors expand past MAX_YAML_NODES nodes."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise InitSpecError(f"{ROOT} ({path}:{node.start_mark.line + 1})",
+                                "a YAML alias refers to a node that contains it (a cycle)",
+                                "remove the recursive anchor/alias")
+        open_nodes.add(key)
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise InitSpecError(f"{ROOT} ({path})",
+                                    f"the YAML expands to more than {MAX_YAML_NODES} nodes (anchors and aliases)",
+                                    "write the spec out without nesting aliases of aliases")
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root)
+
+
+def _boolean_keys(root: Any, path: Path) -> list[Problem]:
     """Keys that YAML 1.1 reads as booleans (off, no, yes, on): named with their line."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return []  # reported by the parse itself
     problems: list[Problem] = []
+    seen: set[int] = set()
 
     def walk(node: Any, trail: list[str]) -> None:
+        if id(node) in seen:  # an alias: its keys were reported where it is defined
+            return
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 text_key = key.value if isinstance(key, yaml.ScalarNode) else "?"
