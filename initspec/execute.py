@@ -284,6 +284,9 @@ def _restore(undo: list) -> None:
     for slot, old in reversed(undo):
         if isinstance(slot, TensorSlot):
             _set(slot, old)
+        elif isinstance(slot, dict):  # (a module's _parameters/_buffers, its saved entries)
+            slot.clear()
+            slot.update(old)
         else:  # (tensor, saved values)
             with torch.no_grad():
                 slot.copy_(old)
@@ -291,8 +294,10 @@ def _restore(undo: list) -> None:
 
 def _resets(plan: Plan, layout: Layout) -> list:
     """Run reset_parameters() of the plan's modules under a forked, seeded RNG."""
-    undo = []
+    undo: list = []
     for name, module in zip(layout.reset_names, layout.reset_modules):
+        # reset_parameters() may also assign new Parameter objects: keep the registered ones too
+        undo += [(store, dict(store)) for store in (module._parameters, module._buffers)]
         with torch.no_grad():
             for tensor in [*module._parameters.values(), *module._buffers.values()]:
                 if tensor is not None and not is_meta(tensor):
