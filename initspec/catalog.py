@@ -347,10 +347,12 @@ def unregister_step(name: str) -> None:
 # ----------------------------------------------------------------- helpers
 
 def _fans(t: TensorInfo, step: str) -> tuple[int, int]:
+    """Fans for a step's formula; a zero-element tensor (nothing to fill) counts its fans as >= 1."""
     try:
-        return t.fans()
+        fan_in, fan_out = t.fans()
     except ExprError as exc:
         raise StepArgError("", f"{step}: {exc.what}", exc.fix) from None
+    return (max(fan_in, 1), max(fan_out, 1)) if t.numel == 0 else (fan_in, fan_out)
 
 
 def check_value(name: str, arg: Arg, value: Any) -> Any:

@@ -71,6 +71,8 @@ def expected_std(ops: tuple[Op, ...], shape: tuple[int, ...]) -> float | None:
     """The std a pipeline should produce, when it is known from its formulas."""
     std: float | None = None
     numel = math.prod(shape) if shape else 1
+    if numel == 0:
+        return None  # nothing to measure
     for o in ops:
         k = o.kind
         if k == "normal":
