@@ -7,15 +7,24 @@ pydantic's own report.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from .catalog import REQUIRED, STEPS, StepArgError, check_value
 from .errors import InitSpecError, Problem, raise_all, suggest
 
 ROOT = "initspec"
 NUMERIC_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
 
 
 def _as_list(value: Any) -> Any:
@@ -48,8 +57,8 @@ class Rule(BaseModel):
     match: list[str]
     exclude: list[str] = Field(default_factory=list)
     module: list[str] = Field(default_factory=list)
-    ndim: list[int] = Field(default_factory=list)
-    priority: int = 0
+    ndim: list[Int] = Field(default_factory=list)
+    priority: Int = 0
     init: tuple[Step, ...]
     buffers: bool = False
     transposed: bool = False
@@ -90,7 +99,7 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    seed: int = 0
+    seed: Int = 0
     default: Literal["keep", "reset", "error"] = "keep"
     strict: bool = True
     streams: Literal["fast", "portable"] = "fast"
@@ -128,11 +137,17 @@ def validate(data: Any) -> Spec:
     data["rules"] = {name: _normalize_rule(name, rule, problems) for name, rule in rules.items()}
     data["rules"] = {k: v for k, v in data["rules"].items() if v is not None}
     data["ties"] = {name: ({"members": tie} if isinstance(tie, list) else tie) for name, tie in ties.items()}
+    listed = {name for name, tie in ties.items() if isinstance(tie, list)}
     problems += _check_vars(data.get("vars"))
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        problems += [_from_pydantic(err) for err in exc.errors()]
+        reported = {p.path for p in problems}
+        for err in exc.errors():
+            problem = _from_pydantic(_user_loc(err, data, listed))
+            if not any(problem.path == r or problem.path.startswith(r + ".") for r in reported):
+                problems.append(problem)
+                reported.add(problem.path)
         raise_all(problems)
         raise
     raise_all(problems)
@@ -271,6 +286,23 @@ def _check_steps(rule_name: str, steps: list[dict], is_list: bool) -> list[Probl
     return problems
 
 
+def _user_loc(err: dict, data: dict, listed: set[str]) -> dict:
+    """Pydantic's location as the user wrote it: no union-member tags (``vars.x.float``)
+    and no ``members`` key for a tie group written as a plain list."""
+    loc, node = [], data
+    for i, part in enumerate(err["loc"]):
+        last_missing = err["type"] == "missing" and i == len(err["loc"]) - 1
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not last_missing:
+            break  # a union-member tag, not a key the user wrote
+        if not (part == "members" and len(loc) == 2 and loc[0] == "ties" and loc[1] in listed):
+            loc.append(part)
+    return {**err, "loc": tuple(loc)}
+
+
 def _from_pydantic(err: dict) -> Problem:
     loc = [str(x) for x in err["loc"]]
     path = ".".join([ROOT, *loc])
@@ -289,4 +321,4 @@ def _from_pydantic(err: dict) -> Problem:
                "init": "add init: <step> (e.g. zeros or {name: normal, std: 0.02})"}.get(loc[-1], "add it")
         return Problem(path, f"required key {loc[-1]!r} is missing", fix)
     message = err["msg"].removeprefix("Value error, ")
-    return Problem(path, f"{message} (got {given!r})", "")
+    return Problem(path, message if "(got " in message else f"{message} (got {given!r})", "")
