@@ -1,6 +1,7 @@
 """The public entry points: load_spec, plan, apply."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -8,10 +9,11 @@ from typing import Any
 from torch import nn
 
 from .execute import execute
-from .load import load_data
+from .errors import InitSpecError, raise_all
+from .load import check_vars_arg, load_data
 from .plan import Plan, make_plan
 from .report import Report
-from .spec import Spec, validate
+from .spec import Spec, check_vars, validate
 
 
 def load_spec(obj: Any, *, vars: Mapping[str, Any] | None = None) -> Spec:
@@ -21,21 +23,38 @@ def load_spec(obj: Any, *, vars: Mapping[str, Any] | None = None) -> Spec:
     preset that interpolates ``${model.n_layer}`` when used outside Hydra).
     """
     if isinstance(obj, Spec):
+        check_vars_arg(vars)
         if vars:
-            return obj.model_copy(update={"vars": {**obj.vars, **vars}})
+            merged = {**obj.vars, **vars}
+            raise_all(check_vars(merged))
+            return obj.model_copy(update={"vars": merged})
         return obj
     return validate(load_data(obj, vars=vars))
 
 
 def _spec(spec: Any, seed: int | None, vars: Mapping[str, Any] | None) -> Spec:
     loaded = load_spec(spec, vars=vars)
-    return loaded.model_copy(update={"seed": seed}) if seed is not None else loaded
+    if seed is None:
+        return loaded
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InitSpecError("seed", f"seed= must be an integer, got {seed!r}", "pass e.g. seed=0")
+    return loaded.model_copy(update={"seed": seed})
+
+
+def _allow(allow_fn: Iterable[str] | str | None) -> tuple[str, ...]:
+    """``allow_fn=``: dotted package prefixes (a single string is one prefix, not its letters)."""
+    prefixes = [allow_fn] if isinstance(allow_fn, str) else list(allow_fn or ())
+    bad = [p for p in prefixes if not isinstance(p, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", p)]
+    if bad:
+        raise InitSpecError("allow_fn", f"allow_fn= takes dotted package prefixes, got {bad[0]!r}",
+                            "pass e.g. allow_fn=['my_pkg.inits']")
+    return tuple(prefixes)
 
 
 def plan(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[str, Any] | None = None,
          allow_fn: Iterable[str] = ()) -> Plan:
     """What :func:`apply` would do to ``model``; the model is not changed."""
-    return make_plan(model, _spec(spec, seed, vars), tuple(allow_fn))[0]
+    return make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))[0]
 
 
 def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any = None,
@@ -49,6 +68,6 @@ def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any =
     parallel (values never depend on it). On any error the model is unchanged.
     """
     start = time.perf_counter()
-    the_plan, layout = make_plan(model, _spec(spec, seed, vars), tuple(allow_fn))
+    the_plan, layout = make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))
     execute(model, the_plan, layout, device=device, threads=threads)
     return Report(the_plan, model, time.perf_counter() - start)

@@ -43,6 +43,7 @@ def preset_description(name: str) -> str:
 
 def load_data(obj: Any, *, vars: Mapping[str, Any] | None = None) -> dict:
     """Plain, resolved data of a spec given as path, preset name, dict or DictConfig."""
+    check_vars_arg(vars)
     if isinstance(obj, (str, os.PathLike)):
         node = _from_file(_find(obj))
     elif isinstance(obj, DictConfig):
@@ -52,12 +53,22 @@ def load_data(obj: Any, *, vars: Mapping[str, Any] | None = None) -> dict:
             node = OmegaConf.create(dict(obj))
         except OmegaConfBaseException as exc:
             raise InitSpecError(ROOT, f"cannot read the spec mapping: {exc}", "use plain YAML types") from None
+        except RecursionError:
+            raise InitSpecError(ROOT, "the spec mapping contains itself (or is nested too deeply)",
+                                "pass plain, acyclic data") from None
     elif obj is None:
         node = OmegaConf.create({})
     else:
         raise InitSpecError(ROOT, f"a spec is a YAML path, preset name, dict or DictConfig, got {type(obj).__name__}",
                             "pass e.g. 'configs/initspec/seed_custom.yaml' or a dict")
     return _resolve(node, dict(vars or {}))
+
+
+def check_vars_arg(vars: Any) -> None:
+    """``vars=`` of load_spec/plan/apply: a mapping of names to numbers, or None."""
+    if vars is not None and not isinstance(vars, Mapping):
+        raise InitSpecError("vars", f"vars= must be a mapping of names to numbers, got {type(vars).__name__}",
+                            "pass e.g. vars={'n_layer': 12}")
 
 
 def _find(obj: str | os.PathLike) -> Path:

@@ -138,7 +138,7 @@ def validate(data: Any) -> Spec:
     data["rules"] = {k: v for k, v in data["rules"].items() if v is not None}
     data["ties"] = {name: ({"members": tie} if isinstance(tie, list) else tie) for name, tie in ties.items()}
     listed = {name for name, tie in ties.items() if isinstance(tie, list)}
-    problems += _check_vars(data.get("vars"))
+    problems += check_vars(data.get("vars"))
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
@@ -175,7 +175,7 @@ def _named(data: dict, key: str, problems: list[Problem]) -> dict:
     return out
 
 
-def _check_vars(variables: Any) -> list[Problem]:
+def check_vars(variables: Any) -> list[Problem]:
     from .tensor_info import ExprNames
     problems = []
     if isinstance(variables, dict):
