@@ -145,6 +145,10 @@ class _Walker:
         if isinstance(node, ast.Subscript):
             return self._subscript(node)
         kind = _SYNTAX_NAMES.get(type(node), type(node).__name__)
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp)):
+            kind = f"operator {type(node.op).__name__}"
+        elif isinstance(node, ast.Compare):
+            kind = "comparison " + ", ".join(type(o).__name__ for o in node.ops)
         raise ExprError(f"{kind} not allowed in expression {self.text!r}",
                         "use only numbers, names, arithmetic and "
                         + ", ".join(sorted(FUNCTIONS)))
@@ -197,6 +201,8 @@ class _Walker:
                                 "index tuples, e.g. shape[0]")
 
     def _bounded(self, value: Any) -> Any:
+        if isinstance(value, complex):
+            raise ExprError(f"expression {self.text!r} gives a complex number", "check signs under roots and powers")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and math.isnan(value):
                 raise ExprError(f"expression {self.text!r} is not a number (NaN)", "check its inputs")
