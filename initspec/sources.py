@@ -2,6 +2,7 @@
 with ``weights_only=True``), reading only the rows a process needs."""
 from __future__ import annotations
 
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ def header(path: str, fmt: str) -> dict[str, tuple[tuple[int, ...], str]]:
         return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in data.items()}
     except StepArgError:
         raise
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise StepArgError("path", f"torch.load(weights_only=True) refuses {path!r}"
+                           + (f": {lines[0]}" if lines else " (not a plain tensor pickle)"),
+                           "save a state_dict of plain tensors (torch.save(model.state_dict(), path)) or a "
+                           "safetensors file; initspec never unpickles arbitrary objects") from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         fix = ("only safetensors files or plain tensor state_dicts load (torch.load with weights_only=True)"
