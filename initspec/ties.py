@@ -55,6 +55,7 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
     for group_name, tie in spec.ties.items():
         path = f"{ROOT}.ties.{group_name}"
         source = tie.members[0]
+        exempt = tie.optional or not spec.strict
         if source in tree.by_module_name and source:
             kind = "module"
         elif source in tree.by_tensor_name:
@@ -63,6 +64,8 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
                 problems.append(Problem(f"{path}.0", f"{source!r} is a buffer; only parameters and modules can be tied",
                                         "tie the owning module instead"))
                 continue
+        elif exempt:
+            continue  # an optional group whose source this model lacks (GPT2Model has no head)
         else:
             hint = nearest(source, everything)
             problems.append(Problem(f"{path}.0", f"tie source {source!r} is not a module or parameter of the model"
@@ -79,6 +82,8 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
                 continue
             if pattern.literal:
                 if member not in tree.by_module_name and member not in tree.by_tensor_name:
+                    if exempt:
+                        continue
                     hint = nearest(member, everything)
                     problems.append(Problem(member_path, f"{member!r} is not a module or parameter of the model"
                                             + (f"; nearest: {', '.join(hint)}" if hint else ""),
@@ -92,7 +97,7 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
                     if _within(name, source) or any(_within(name, kept) for kept in found):
                         continue
                     found.append(name)
-                if not found and not tie.optional and spec.strict:
+                if not found and not exempt:
                     problems.append(Problem(member_path, f"pattern {member!r} matches no module or parameter",
                                             "fix the pattern, or set optional: true on the tie group"))
             for name in found:
@@ -101,7 +106,8 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
                     problems.append(problem)
                 elif name != source and name not in targets:
                     targets.append(name)
-        groups.append(TieGroup(group_name, kind, source, tuple(targets)))
+        if targets or not exempt:
+            groups.append(TieGroup(group_name, kind, source, tuple(targets)))
     problems += _overlaps(groups, tree)
     return groups, problems
 
