@@ -10,8 +10,10 @@ Patterns are globs over whole names (``*`` crosses dots), ``re:<regex>``
 * globs that start with plain characters (``blocks.3.*``) only meet the
   names that start with that prefix: a range found by bisection in the
   sorted names;
-* the rest (regexes, globs starting with ``*`` that contain digits) are
-  tested one by one, after a substring check of their longest literal run.
+  a regex's leading literal characters count as its prefix;
+* the rest (globs starting with ``*`` that contain digits, ``?`` or ``[``,
+  regexes with no literal prefix) are tested only on names that contain
+  every literal run of the glob.
 
 100k names x 200 patterns then costs a few dict lookups per name.
 """
@@ -75,15 +77,6 @@ def _template_safe(pattern: Pattern) -> bool:
             and not any(c.isdigit() or c in "?[]" for c in text))
 
 
-def _required_literal(pattern: Pattern) -> str | None:
-    """The longest run of plain characters a glob's matches must contain."""
-    if pattern.text.startswith("re:"):
-        return None
-    runs = re.split(r"\*|\?|\[[^\]]*\]", pattern.text)
-    longest = max(runs, key=len)
-    return longest or None
-
-
 class PatternSet:
     """Compiled patterns; :meth:`match` answers, per name, the tags that match."""
 
@@ -101,7 +94,7 @@ class PatternSet:
             elif (prefix := _literal_prefix(p)):
                 self.prefixed[prefix].append(p)
             else:
-                self.rest.append((_required_literal(p) or "", p))
+                self.rest.append((_literal_runs(p), p))
 
     def match(self, names: Sequence[str]) -> list[list[int]]:
         """For each name, the tags of matching patterns (sorted, duplicates removed).
@@ -136,9 +129,12 @@ class PatternSet:
                     for p in patterns:
                         if p.regex.match(name):
                             extra[order[j]].append(p.tag)
-        for lit, p in self.rest:
+        for runs, p in self.rest:
             match = p.regex.match
-            for i in [i for i, name in enumerate(names) if lit in name]:
+            hits = range(len(names))
+            for run in runs:
+                hits = [i for i in hits if run in names[i]]
+            for i in hits:
                 if match(names[i]):
                     extra[i].append(p.tag)
         for i, tags in extra.items():
@@ -148,11 +144,35 @@ class PatternSet:
 
 
 def _literal_prefix(pattern: Pattern) -> str:
-    """The plain characters a glob starts with ('' for regexes)."""
+    """The plain characters every match starts with (for a regex, its leading literals)."""
     if pattern.text.startswith("re:"):
-        return ""
+        return _regex_prefix(pattern.text[3:])
     found = _GLOB_META.search(pattern.text)
     return pattern.text[: found.start()] if found else pattern.text
+
+
+def _regex_prefix(body: str) -> str:
+    try:
+        from re import _constants, _parser  # the stdlib's own regex parser
+        parsed = _parser.parse(body)
+    except Exception:  # pragma: no cover - invalid regexes fail at compile time first
+        return ""
+    if parsed.state.flags & (re.IGNORECASE | re.VERBOSE):
+        return ""
+    prefix = []
+    for op, value in parsed:
+        if op is not _constants.LITERAL:
+            break
+        prefix.append(chr(value))
+    return "".join(prefix)
+
+
+def _literal_runs(pattern: Pattern) -> list[str]:
+    """Plain-character runs every match of a glob contains, longest first ([] for regexes)."""
+    if pattern.text.startswith("re:"):
+        return []
+    runs = [r for r in re.split(r"\*|\?|\[[^\]]*\]", pattern.text) if r]
+    return sorted(runs, key=len, reverse=True)
 
 
 def nearest(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:

@@ -7,12 +7,14 @@ step into primitive ops. Any mistake is reported here, all at once, as one
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -25,15 +27,14 @@ from .match import PatternError, PatternSet, compile_pattern, glob_captures, nea
 from .ops import Op, expected_std, op, reads_existing, value_bounds
 from .spec import ROOT, Rule, Spec, step_path
 from .streams import generation_dtype
-from .tensor_info import ExprNames, TensorInfo
+from .tensor_info import ExprNames, TensorInfo, layer_of
 from .ties import TieGroup, expand_ties
 from .tree import Tree, TensorSlot, is_meta, walk
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One unique tensor and what happens to it."""
 
     name: str                  # canonical name; also the stream key
@@ -133,7 +134,40 @@ class Layout:
 class _Context:
     variables: dict
     allow_fn: tuple[str, ...]
+    rules: list[tuple[str, Rule]]
     cache: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)   # rule index -> (depends on name, depends on layer)
+
+
+def _units(slots, groups: list[TieGroup], tree: Tree):
+    """(slot indices, tensor) per unique tensor after tying, in registration order."""
+    replaced = {}
+    for group in groups:
+        for target, source in group.tensor_map(tree).items():
+            replaced[target] = tree.by_tensor_name[source].tensor
+    index: dict[int, int] = {}
+    units: list[list[int]] = []
+    tensors: list[torch.Tensor] = []
+    for i, slot in enumerate(slots):
+        tensor = replaced.get(slot.name, slot.tensor) if replaced else slot.tensor
+        u = index.get(id(tensor))
+        if u is None:
+            index[id(tensor)] = len(units)
+            units.append([i])
+            tensors.append(tensor)
+        else:
+            units[u].append(i)
+    return zip(units, tensors)
+
+
+def _tie_membership(groups: list[TieGroup], tree: Tree) -> dict[str, str]:
+    """Tensor name -> tie group, for the sources of every group."""
+    out = {}
+    for group in groups:
+        for target, source in group.tensor_map(tree).items():
+            out[source] = group.name
+            out[target] = group.name
+    return out
 
 
 def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> tuple[Plan, Layout]:
@@ -142,31 +176,36 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
     ``allow_fn`` lists extra dotted prefixes ``fn:`` steps may resolve under
     (``torch.nn.init`` is always allowed); it comes from the caller, never the spec.
     """
+    with _gc_paused():  # planning allocates ~10 small objects per tensor: no cyclic garbage
+        return _make_plan(model, spec, allow_fn)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple[Plan, Layout]:
     tree = walk(model)
     problems: list[Problem] = []
     groups, tie_problems = expand_ties(spec, tree)
     problems += tie_problems
     raise_all(problems)
 
-    # After tying, each slot name refers to a unit (one tensor); tie sources come first.
-    replaced: dict[str, str] = {}
-    tie_of: dict[str, str] = {}
-    for group in groups:
-        for target, source in group.tensor_map(tree).items():
-            replaced[target] = source
-        for member in (group.source, *group.targets):
-            tie_of[member] = group.name
-    by_id: dict[int, list[TensorSlot]] = defaultdict(list)
-    for slot in tree.tensors:
-        source = replaced.get(slot.name)
-        tensor = tree.by_tensor_name[source].tensor if source else slot.tensor
-        by_id[id(tensor)].append(slot)
-
     rules = list(spec.rules.items())
-    slot_names = [s.name for s in tree.tensors]
+    slots = tree.tensors
+    slot_names = [s.name for s in slots]
     selected = _select(rules, tree, slot_names, problems)
     raise_all(problems)
 
+    rule_names = [name for name, _ in rules]
+    rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
     matched_count = [0] * len(rules)
     won_count = [0] * len(rules)
     entries: list[Entry] = []
@@ -174,54 +213,59 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
     slots_of: dict[str, list[TensorSlot]] = {}
     uncovered: list[tuple[str, TensorSlot]] = []
     resets: dict[str, nn.Module] = {}
-    ctx = _Context(dict(spec.vars), tuple(allow_fn))
+    ctx = _Context(dict(spec.vars), tuple(allow_fn), rules)
     failing: dict[Problem, list[str]] = {}    # a step problem -> the tensors it occurs for
-    slot_index = {id(s): i for i, s in enumerate(tree.tensors)}
+    dtype_names: dict[torch.dtype, str] = {}
+    tie_of = _tie_membership(groups, tree)
 
-    for key, unit in by_id.items():
-        source_name = next((replaced[s.name] for s in unit if s.name in replaced), None)
-        head = tree.by_tensor_name[source_name] if source_name else unit[0]
-        tensor = head.tensor
-        own = [s for s in unit if s.tensor is tensor]            # the tensor's own names
-        tied = [s for s in unit if s.tensor is not tensor]       # names it gets by tying
-        candidates = sorted({r for s in own for r in selected[slot_index[id(s)]]})
-        tied_candidates = sorted({r for s in tied for r in selected[slot_index[id(s)]]} - set(candidates))
-        for r in set(candidates) | set(tied_candidates):
+    for members, tensor in _units(slots, groups, tree):
+        head = slots[members[0]]
+        if len(members) == 1:
+            candidates, tied_candidates, aliases = selected[members[0]], (), ()
+        else:
+            own = [i for i in members if slots[i].tensor is tensor]
+            head = slots[own[0]]
+            candidates = sorted({r for i in own for r in selected[i]})
+            tied_candidates = sorted({r for i in members if slots[i].tensor is not tensor
+                                      for r in selected[i]} - set(candidates))
+            aliases = tuple(slots[i].name for i in members if slots[i] is not head)
+        for r in candidates:
             matched_count[r] += 1
-        group = next((tie_of[s.name] for s in unit if s.name in tie_of), None)
-        if group is None:
-            group = next((tie_of[m] for m in tie_of if any(s.name.startswith(m + ".") for s in unit)), None)
+        for r in tied_candidates:
+            matched_count[r] += 1
         name = head.name
-        aliases = tuple(s.name for s in unit if s is not head)
         tensors[name] = tensor
-        slots_of[name] = unit
-        base = dict(name=name, aliases=aliases, kind=head.kind, shape=tuple(tensor.shape),
-                    dtype=str(tensor.dtype).removeprefix("torch."), tie=group)
+        slots_of[name] = [slots[i] for i in members]
+        dtype = tensor.dtype
+        if dtype not in dtype_names:
+            dtype_names[dtype] = str(dtype).removeprefix("torch.")
+        shape = tuple(tensor.shape)
+        tie = tie_of.get(name) if tie_of else None
+        tie_shadowed = tuple(f"{rule_names[r]} (tie)" for r in tied_candidates) if tied_candidates else ()
         if not candidates:
-            shadowed = tuple(f"{rules[r][0]} (tie)" for r in tied_candidates)
-            entries.append(Entry(action="keep", shadowed=shadowed, **base))
+            entries.append(Entry(name, aliases, head.kind, shape, dtype_names[dtype], "keep", None, (), tie,
+                                 tie_shadowed))
             if head.kind == "parameter" or is_meta(tensor):
                 uncovered.append((name, head))
             continue
-        winner = max(candidates, key=lambda r: (rules[r][1].priority, r))
+        winner = candidates[0] if len(candidates) == 1 else max(candidates, key=rank.__getitem__)
         won_count[winner] += 1
-        rule_name, rule = rules[winner]
-        shadowed = tuple([rules[r][0] for r in candidates if r != winner]
-                         + [f"{rules[r][0]} (tie)" for r in tied_candidates])
-        ops, step_problems = _resolve(rule_name, rule, head, tensor, ctx)
+        ops, std, staged, step_problems = _resolve(winner, head, tensor, shape, ctx)
         if step_problems:
             for p in step_problems:
                 failing.setdefault(p, []).append(name)
             continue
-        if is_meta(tensor) and reads_existing(ops):
+        if ops and is_meta(tensor) and reads_existing(ops):
+            rule_name, rule = rules[winner]
             problems.append(Problem(step_path(rule_name, rule, 0),
                                     f"{name!r} has no values yet (meta device) but the pipeline starts with "
                                     f"{ops[0].kind!r}, which transforms existing values",
                                     "start the pipeline with a sampler or constant"))
             continue
-        entries.append(Entry(action="fill", rule=rule_name, ops=ops, shadowed=shadowed,
-                             expected_std=expected_std(ops, tuple(tensor.shape)),
-                             staged=_needs_staging(ops, tensor.dtype), **base))
+        shadowed = (tuple(rule_names[r] for r in candidates if r != winner) + tie_shadowed
+                    if len(candidates) > 1 or tie_shadowed else ())
+        entries.append(Entry(name, aliases, head.kind, shape, dtype_names[dtype], "fill", rule_names[winner], ops,
+                             tie, shadowed, std, staged))
 
     problems += [_for_tensors(p, names) for p, names in failing.items()]
     for r, (rule_name, rule) in enumerate(rules):
@@ -320,26 +364,36 @@ def class_matches(cls: type, wanted: str) -> bool:
     return False
 
 
-def _resolve(rule_name: str, rule: Rule, head: TensorSlot, tensor: torch.Tensor,
-             ctx: _Context) -> tuple[tuple[Op, ...], list[Problem]]:
-    """Evaluate a rule's steps for one tensor (cached over tensors that cannot differ)."""
-    uses_layer = any(isinstance(v, str) and "layer" in v for s in rule.init for v in _arg_values(s))
-    per_name = any(s.fn is not None or STEPS[s.name].custom or s.name in ("checkpoint", "padding_zero")
-                   for s in rule.init)
-    info = TensorInfo(head.name, tuple(tensor.shape), tensor.dtype, type(head.owner.module),
-                      _owner_attrs(head), rule.transposed)
-    key = (rule_name, info.shape, tensor.dtype, head.name if per_name else None,
-           _safe_layer(info) if uses_layer else None)
-    cache = ctx.cache
-    if key in cache:
-        return cache[key]
-    problems: list[Problem] = []
+def _resolve(winner: int, head: TensorSlot, tensor: torch.Tensor, shape: tuple[int, ...],
+             ctx: _Context) -> tuple[tuple[Op, ...], float | None, bool, list[Problem]]:
+    """Ops, expected std, staging and problems of a rule for one tensor.
+
+    Cached over tensors that cannot differ: same rule, shape and dtype, and the
+    same name or layer only where the rule's steps depend on them.
+    """
+    depends = ctx.keys.get(winner)
+    if depends is None:
+        rule = ctx.rules[winner][1]
+        uses_layer = any(isinstance(v, str) and "layer" in v for s in rule.init for v in _arg_values(s))
+        per_name = any(s.fn is not None or STEPS[s.name].custom or s.name in ("checkpoint", "padding_zero")
+                       for s in rule.init)
+        depends = ctx.keys[winner] = (per_name, uses_layer)
+    key = (winner, shape, tensor.dtype, head.name if depends[0] else None,
+           layer_of(head.name) if depends[1] else None)
+    cached = ctx.cache.get(key)
+    if cached is None:
+        cached = ctx.cache[key] = _resolve_uncached(winner, head, tensor, shape, ctx)
+    return cached
+
+
+def _resolve_uncached(winner: int, head: TensorSlot, tensor: torch.Tensor, shape: tuple[int, ...],
+                      ctx: _Context) -> tuple[tuple[Op, ...], float | None, bool, list[Problem]]:
+    rule_name, rule = ctx.rules[winner]
     if tensor.dtype not in FLOAT_DTYPES:
-        problems.append(Problem(f"{ROOT}.rules.{rule_name}",
-                                f"{head.name!r} has dtype {tensor.dtype}; initspec fills floating-point tensors only",
-                                "exclude it from the rule"))
-        cache[key] = ((), problems)
-        return cache[key]
+        return (), None, False, [Problem(f"{ROOT}.rules.{rule_name}",
+                                         f"{head.name!r} has dtype {tensor.dtype}; initspec fills floating-point "
+                                         "tensors only", "exclude it from the rule")]
+    info = TensorInfo(head.name, shape, tensor.dtype, type(head.owner.module), _owner_attrs(head), rule.transposed)
     names = ExprNames(info, ctx.variables)
     ops: list[Op] = []
     for i, step in enumerate(rule.init):
@@ -347,18 +401,16 @@ def _resolve(rule_name: str, rule: Rule, head: TensorSlot, tensor: torch.Tensor,
             resolved = _resolve_step(step, info, names, rule, head.name, ctx.allow_fn)
             ops.append(dataclasses.replace(resolved, origin=step_path(rule_name, rule, i)))
         except StepArgError as exc:
-            where = step_path(rule_name, rule, i, exc.arg)
-            problems.append(Problem(where, exc.what, exc.fix))
-            break
+            return (), None, False, [Problem(step_path(rule_name, rule, i, exc.arg), exc.what, exc.fix)]
         except Exception as exc:  # a step's own arithmetic (overflow, a zero-size dim) is a planning problem too
-            problems.append(Problem(step_path(rule_name, rule, i), f"step {step} failed: {type(exc).__name__}: {exc}",
-                                    "check the step's arguments against the tensor's shape"))
-            break
-    if not problems:
-        problems = _kernel_problems(ops, tensor.dtype)
-    result = (tuple(_checkpoint_fallback(ops)), problems)
-    cache[key] = result
-    return result
+            return (), None, False, [Problem(step_path(rule_name, rule, i),
+                                             f"step {step} failed: {type(exc).__name__}: {exc}",
+                                             "check the step's arguments against the tensor's shape")]
+    limits = _kernel_problems(ops, tensor.dtype)
+    if limits:
+        return (), None, False, limits
+    final = tuple(_checkpoint_fallback(ops))
+    return final, expected_std(final, shape), _needs_staging(final, tensor.dtype), []
 
 
 def _arg_values(step) -> list:
@@ -366,13 +418,6 @@ def _arg_values(step) -> list:
     for v in step.args.values():
         values.append(v["expr"] if isinstance(v, dict) and "expr" in v else v)
     return values
-
-
-def _safe_layer(info: TensorInfo) -> Any:
-    try:
-        return info.layer
-    except ExprError:
-        return None
 
 
 def _owner_attrs(slot: TensorSlot) -> dict:
@@ -492,7 +537,7 @@ def _defaults(spec: Spec, entries: list[Entry], uncovered: list[tuple[str, Tenso
             problems.append(Problem(f"{ROOT}.default",
                                     f"default: reset, but {type(module).__name__} (owner of {name!r}) has no reset_parameters()",
                                     "add a rule for it, or use default: keep"))
-    entries = [Entry(**{**e.__dict__, "action": "reset"}) if e.name in to_reset else e for e in entries]
+    entries = [e._replace(action="reset") if e.name in to_reset else e for e in entries]
     return entries, list(resets)
 
 

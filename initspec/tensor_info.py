@@ -12,6 +12,12 @@ from .expr import ExprError
 _INT_COMPONENT = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
 
+def layer_of(name: str) -> int | None:
+    """The first integer component of a dotted name (``h.3.attn.weight`` -> 3), or None."""
+    found = _INT_COMPONENT.search(name)
+    return int(found.group(1)) if found else None
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """A tensor as planning sees it: canonical name, global shape, owner."""
@@ -52,11 +58,11 @@ class TensorInfo:
     @property
     def layer(self) -> int:
         """The first integer component of the name (``h.3.attn.weight`` -> 3)."""
-        found = _INT_COMPONENT.search(self.name)
-        if not found:
+        layer = layer_of(self.name)
+        if layer is None:
             raise ExprError(f"'layer' is undefined for {self.name!r}: its name has no integer component",
                             "restrict the rule to per-layer parameters (e.g. 'h.*.attn.c_proj.weight')")
-        return int(found.group(1))
+        return layer
 
 
 class ExprNames(Mapping):

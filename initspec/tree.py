@@ -7,17 +7,18 @@ however it is wrapped. ``module.`` is dropped only below a DDP/DataParallel.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+_MODULE_KEYS = frozenset(nn.Module().__dict__)  # attributes every module has: never loose tensors
 
 
-@dataclass(frozen=True, eq=False)
-class ModuleSlot:
+class ModuleSlot(NamedTuple):
     """One place a module sits in the tree (a shared module has several)."""
 
     name: str        # canonical path, "" for the root
@@ -27,8 +28,7 @@ class ModuleSlot:
     attr: str
 
 
-@dataclass(frozen=True, eq=False)
-class TensorSlot:
+class TensorSlot(NamedTuple):
     """One name a parameter or buffer is reachable under."""
 
     name: str        # canonical name
@@ -52,10 +52,6 @@ def _is_data_parallel(module: nn.Module) -> bool:
     return isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel))
 
 
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
-
-
 def walk(model: nn.Module) -> Tree:
     """All module and tensor slots of ``model``, duplicates included, in registration order."""
     if not isinstance(model, nn.Module):
@@ -65,6 +61,7 @@ def walk(model: nn.Module) -> Tree:
     modules: list[ModuleSlot] = []
     tensors: list[TensorSlot] = []
     unregistered: list[str] = []
+    Tensor = torch.Tensor
     stack: list[tuple[ModuleSlot, int]] = [(ModuleSlot("", "", model, None, ""), 0)]
     while stack:
         slot, depth = stack.pop()
@@ -72,24 +69,25 @@ def walk(model: nn.Module) -> Tree:
             continue
         modules.append(slot)
         module = slot.module
+        name, path = slot.name, slot.path
+        prefix, real = (name + "." if name else ""), (path + "." if path else "")
         for attr, tensor in module._parameters.items():
             if tensor is not None:
-                tensors.append(TensorSlot(_join(slot.name, attr), _join(slot.path, attr), slot, attr,
-                                          "parameter", tensor))
+                tensors.append(TensorSlot(prefix + attr, real + attr, slot, attr, "parameter", tensor))
         for attr, tensor in module._buffers.items():
             if tensor is not None:
-                tensors.append(TensorSlot(_join(slot.name, attr), _join(slot.path, attr), slot, attr,
-                                          "buffer", tensor))
-        for attr, value in vars(module).items():
-            if isinstance(value, torch.Tensor) and not attr.startswith("_"):
-                unregistered.append(f"{_join(slot.name, attr)} ({type(module).__name__}.{attr})")
+                tensors.append(TensorSlot(prefix + attr, real + attr, slot, attr, "buffer", tensor))
+        state = module.__dict__
+        loose = [attr for attr in state.keys() - _MODULE_KEYS if attr[0] != "_" and isinstance(state[attr], Tensor)]
+        if loose:
+            unregistered += [f"{prefix}{attr} ({type(module).__name__}.{attr})" for attr in loose]
         children = []
+        data_parallel = "module" in module._modules and _is_data_parallel(module)
         for attr, child in module._modules.items():
             if child is None:
                 continue
-            hidden = attr in WRAPPER_CHILDREN or (attr == "module" and _is_data_parallel(module))
-            name = slot.name if hidden else _join(slot.name, attr)
-            children.append((ModuleSlot(name, _join(slot.path, attr), child, slot.path, attr), depth + 1))
+            hidden = attr in WRAPPER_CHILDREN or (data_parallel and attr == "module")
+            children.append((ModuleSlot(name if hidden else prefix + attr, real + attr, child, path, attr), depth + 1))
         stack.extend(reversed(children))
     by_module: dict[str, ModuleSlot] = {}
     for m in modules:
@@ -108,11 +106,9 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def is_dtensor(tensor: Any) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(tensor, DTensor)
+    """True for a DTensor (no DTensor can exist before torch.distributed.tensor is imported)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(tensor, module.DTensor)
 
 
 def is_meta(tensor: torch.Tensor) -> bool:

@@ -1,0 +1,74 @@
+"""The matcher agrees with the naive loop (fnmatchcase / re.fullmatch) on every name and pattern."""
+import fnmatch
+import random
+import re
+
+import pytest
+
+from initspec.match import PatternError, PatternSet, compile_pattern, glob_captures
+
+PARTS = ["blocks", "layers", "h", "attn", "mlp", "fc1", "fc2", "ln_1", "q", "k", "weight", "bias", "0", "1", "12",
+         "3", "c_proj", "wte", "x9", "running_mean"]
+
+
+def naive(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name, re.S) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def random_name(rng):
+    return ".".join(rng.choice(PARTS) for _ in range(rng.randint(1, 5)))
+
+
+def random_pattern(rng, names):
+    kind = rng.random()
+    if kind < 0.2:
+        return rng.choice(names)                                   # literal
+    if kind < 0.3:
+        base = re.escape(rng.choice(names)).replace(r"\.", r"\.").split(r"\.")
+        cut = rng.randint(0, len(base))
+        return "re:" + r"\.".join(base[:cut] + [r"\d+"] * (cut < len(base)) + [".*"] * rng.randint(0, 1))
+    name = rng.choice(names).split(".")
+    out = []
+    for part in name:
+        r = rng.random()
+        out.append("*" if r < 0.25 else "?" * len(part) if r < 0.3 else
+                   f"[{part[0]}x]{part[1:]}" if r < 0.35 else part)
+    text = ".".join(out)
+    if rng.random() < 0.3:
+        text = "*" + text[rng.randint(0, len(text)):]
+    if rng.random() < 0.2:
+        text = text[: rng.randint(1, len(text))] + "*"
+    return text or "*"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_patternset_equals_naive(seed):
+    rng = random.Random(seed)
+    names = sorted({random_name(rng) for _ in range(400)})
+    patterns = [random_pattern(rng, names) for _ in range(60)] + ["*", "*.weight", "re:.*", "blocks.1*", "*.1?.*"]
+    compiled = []
+    for i, p in enumerate(patterns):
+        try:
+            compiled.append(compile_pattern(p, i))
+        except PatternError:
+            continue
+    got = PatternSet(compiled).match(names)
+    for name, tags in zip(names, got):
+        expected = sorted(c.tag for c in compiled if naive(c.text, name))
+        assert tags == expected, (name, [patterns[t] for t in set(tags) ^ set(expected)])
+
+
+def test_invalid_patterns():
+    with pytest.raises(PatternError):
+        compile_pattern("re:(", 0)
+    with pytest.raises(PatternError):
+        compile_pattern("a[b", 0)
+    with pytest.raises(PatternError):
+        compile_pattern("", 0)
+
+
+def test_captures():
+    assert glob_captures("layers.*.fc?.weight", "layers.3.fc1.weight") == ("3", "1")
+    assert glob_captures(r"re:h\.(\d+)\.w", "h.12.w") == ("12",)
