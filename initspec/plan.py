@@ -501,8 +501,17 @@ def _kernel_problems(ops: list[Op], dtype: torch.dtype) -> list[Problem]:
 
 
 def _needs_staging(ops: tuple[Op, ...], dtype: torch.dtype) -> bool:
+    """True unless the pipeline provably writes finite values in place.
+
+    The proof needs the result bounds inside ``dtype`` and every numeric argument
+    inside the generation dtype the kernels compute in (0 * float32(1e39) is NaN).
+    """
     bounds = value_bounds(ops)
     if bounds is None:
+        return True
+    gen_limit = torch.finfo(generation_dtype(dtype)).max
+    if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= gen_limit
+           for o in ops for v in o.args.values()):
         return True
     limit = torch.finfo(dtype).max
     return not (math.isfinite(bounds[0]) and math.isfinite(bounds[1])
