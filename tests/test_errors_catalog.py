@@ -260,6 +260,8 @@ CASES = [
     # ------------------------------------------------------ NaN and infinity
     Case("scale_overflows_float32", w(["ones", {"name": "scale", "by": 1e39}]), "initspec.rules.w.init.1",
          says=("inf",), late=True),
+    Case("zero_times_overflowing_scale", w(["zeros", {"name": "scale", "by": 1e39}]), "initspec.rules.w.init.1",
+         says=("NaN",), late=True),
     Case("add_overflows_float16", w([{"name": "constant", "value": 60000}, {"name": "add", "value": 60000}],
                                     match="0.weight"),
          "initspec.rules.w.init.1", model=half_net, says=("inf",), late=True),
