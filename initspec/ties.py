@@ -26,11 +26,27 @@ class TieGroup:
     targets: tuple[str, ...]
 
     def tensor_map(self, tree: Tree) -> dict[str, str]:
-        """Target tensor name -> source tensor name, for every tensor the tie replaces."""
-        if self.kind == "parameter":
-            return {t: self.source for t in self.targets}
+        """Target tensor name -> source tensor name, for every tensor the tie replaces.
+
+        Tying replaces an attribute of one module object, so when the model
+        already shares that object, every name the attribute is reachable
+        under is replaced too (``1.1.bias`` is also ``0.1.bias`` in
+        ``Sequential(block, block)``).
+        """
         out = {}
+        if self.kind == "parameter":
+            slot = {(id(s.owner.module), s.attr): s for s in (tree.by_tensor_name[t] for t in self.targets)}
+            for s in tree.tensors:
+                if (id(s.owner.module), s.attr) in slot and s.name != self.source:
+                    out[s.name] = self.source
+            return out
+        module_at = {m.path: m.module for m in tree.modules}
+        wanted = set()
         for target in self.targets:
+            slot = tree.by_module_name[target]
+            wanted.add((id(module_at.get(slot.parent_path)), slot.attr))
+        aliases = [m.name for m in tree.modules if m.name and (id(module_at.get(m.parent_path)), m.attr) in wanted]
+        for target in dict.fromkeys(aliases):
             for name in _tensors_under(tree, target):
                 out[name] = self.source + name[len(target):]
         return out
