@@ -1,0 +1,355 @@
+"""Property tests: random module trees x random specs from the whole language.
+
+Either apply succeeds and the result satisfies the invariants (each tensor
+filled by the rule an independent re-implementation of the selection rules
+picks, values consistent with its pipeline, ties are one object, everything
+finite, the same seed gives bitwise the same values on a fresh copy), or it
+raises InitSpecError and the model is bitwise unchanged. No other outcome.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import initspec
+from initspec import InitSpecError
+from initspec.catalog import REQUIRED, STEPS
+from initspec.ops import value_bounds
+
+EXAMPLES = int(os.environ.get("INITSPEC_PROPERTY_EXAMPLES", "80"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                    derandomize=not os.environ.get("INITSPEC_PROPERTY_RANDOM"),
+                    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# ------------------------------------------------------------- module trees
+
+dims = st.integers(1, 4)
+leaves = st.one_of(
+    st.tuples(st.just("linear"), dims, dims, st.booleans()),
+    st.tuples(st.just("conv1d"), dims, dims, st.integers(1, 3)),
+    st.tuples(st.just("conv2d"), dims, dims, st.integers(1, 2)),
+    st.tuples(st.just("embedding"), st.integers(2, 5), dims, st.sampled_from([None, 0, 1])),
+    st.tuples(st.just("layernorm"), dims),
+    st.tuples(st.just("batchnorm"), dims),
+)
+trees = st.recursive(leaves, lambda kids: st.one_of(
+    st.tuples(st.just("seq"), st.lists(kids, min_size=1, max_size=3)),
+    st.tuples(st.just("dict"), st.lists(kids, min_size=1, max_size=3)),
+    st.tuples(st.just("shared"), kids),          # one module object under two names
+), max_leaves=5)
+KEYS = ("enc", "dec", "h")
+
+
+def build(blueprint) -> nn.Module:
+    """The module a blueprint describes, with deterministic starting values."""
+    torch.manual_seed(0)
+    return _build(blueprint if blueprint[0] in ("seq", "dict", "shared") else ("seq", [blueprint]))
+
+
+def _build(bp) -> nn.Module:
+    kind = bp[0]
+    if kind == "seq":
+        return nn.Sequential(*[_build(k) for k in bp[1]])
+    if kind == "dict":
+        return nn.ModuleDict({KEYS[i]: _build(k) for i, k in enumerate(bp[1])})
+    if kind == "shared":
+        shared = _build(bp[1])
+        return nn.Sequential(shared, shared)
+    if kind == "linear":
+        return nn.Linear(bp[1], bp[2], bias=bp[3])
+    if kind == "conv1d":
+        return nn.Conv1d(bp[1], bp[2], bp[3])
+    if kind == "conv2d":
+        return nn.Conv2d(bp[1], bp[2], bp[3])
+    if kind == "embedding":
+        return nn.Embedding(bp[1], bp[2], padding_idx=bp[3])
+    if kind == "layernorm":
+        return nn.LayerNorm(bp[1])
+    model = nn.BatchNorm1d(bp[1])
+    with torch.no_grad():
+        model.running_mean.uniform_(-1, 1)
+    return model
+
+
+# ------------------------------------------------------------------- specs
+
+def sometimes(odds: int) -> st.SearchStrategy[bool]:
+    """True about once in ``odds + 1`` draws (st.integers favours its bounds, sampled_from does not)."""
+    return st.sampled_from([False] * odds + [True])
+
+
+def mostly(valid, invalid, odds: int = 12):
+    """``valid`` about ``odds`` times in ``odds + 1``, else ``invalid``: most cases apply, some fail."""
+    return sometimes(odds).flatmap(lambda bad: invalid if bad else valid)
+
+
+NUMBERS = [0.5, 1.0, 0.02, 2.0, 1e-3, "1 / sqrt(fan_in)", "0.02 / sqrt(2 * n)", "0.1 * (layer + 1)",
+           "numel ** 0.5"]
+BAD_NUMBERS = [0.0, -1.0, 1e39, "1 / n", "fan_inn", "1 / 0", "__import__('os')", "10**10**10"]
+GLOBS = ["*", "*.weight", "*.bias", "*.0.*", "*running_*", "re:.*\\.weight", "re:(\\w+\\.)*bias", "?.*",
+         "[0-9].*"]
+BAD_GLOBS = ["*.wieght", "re:(", "[abc", "nothing.here"]
+FNS = ["torch.nn.init.ones_", "torch.nn.init.zeros_", "torch.nn.init.normal_", "torch.nn.init.eye_"]
+BAD_FNS = ["os.system", "torch.nn.init.torch.save", "builtins.eval", "torch.nn.init.nope_"]
+STEP_NAMES = sorted(n for n, d in STEPS.items() if not d.custom and n != "checkpoint")
+
+
+def arg_values(arg):
+    if arg.kind == "number":
+        return mostly(st.sampled_from(NUMBERS), st.sampled_from(BAD_NUMBERS))
+    if arg.kind == "int":
+        return mostly(st.sampled_from([1, 2]), st.sampled_from([0, 3]))
+    if arg.kind == "choice":
+        return mostly(st.sampled_from(arg.choices), st.just("bogus"))
+    return st.sampled_from(["x", 1])
+
+
+@st.composite
+def steps(draw):
+    kind = draw(mostly(st.just("name"), st.sampled_from(["fn", "bad_fn", "unknown"]), odds=6))
+    if kind == "fn":
+        return {"fn": draw(st.sampled_from(FNS))}
+    if kind == "bad_fn":
+        return {"fn": draw(st.sampled_from(BAD_FNS))}
+    if kind == "unknown":
+        return draw(st.sampled_from(["normall", {"name": "normal", "sdt": 1}]))
+    name = draw(st.sampled_from(STEP_NAMES))
+    step = {"name": name}
+    for key, arg in STEPS[name].args.items():
+        if arg.default is REQUIRED or draw(sometimes(2)):   # else keep the default
+            step[key] = draw(arg_values(arg))
+    return step if len(step) > 1 or draw(st.booleans()) else name
+
+
+def patterns(names):
+    from_names = st.sampled_from(names).map(lambda n: re.sub(r"\d+", "*", n, count=1))
+    valid = st.one_of(st.sampled_from(names), st.sampled_from(GLOBS), from_names)
+    return mostly(valid, st.sampled_from(BAD_GLOBS))
+
+
+def pipelines():
+    """One step, or a sampler followed by transforms (the common shape), or any steps."""
+    transforms = st.sampled_from([{"name": "scale", "by": 0.5}, {"name": "add", "value": 1.0},
+                                  {"name": "clamp", "min": -0.1, "max": 0.1}, {"name": "zero_below", "threshold": 0.01},
+                                  "padding_zero", {"name": "scale", "by": 1e39}])
+    return st.one_of(steps(), st.tuples(steps(), st.lists(transforms, max_size=2)).map(lambda t: [t[0], *t[1]]),
+                     st.lists(steps(), min_size=1, max_size=3))
+
+
+@st.composite
+def cases(draw):
+    blueprint = draw(trees)
+    model = build(blueprint)
+    params = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    buffers = [n for n, b in model.named_buffers(remove_duplicate=False) if b.is_floating_point()]
+    modules = [n for n, _ in model.named_modules(remove_duplicate=False) if n]
+    names = params + buffers or ["nothing"]
+    rules = {}
+    for i in range(draw(st.sampled_from([1, 2, 3, 0, 4]))):
+        rule = {"match": draw(st.one_of(patterns(names), st.lists(patterns(names), min_size=1, max_size=2))),
+                "init": draw(pipelines())}
+        if draw(sometimes(3)):
+            rule["exclude"] = draw(patterns(names))
+        if draw(sometimes(3)):
+            rule["module"] = draw(st.sampled_from(["Linear", "Conv1d", "_ConvNd", "LayerNorm", "Embedding",
+                                                   "torch.nn.Linear", "NoSuchModule"]))
+        if draw(sometimes(3)):
+            rule["ndim"] = draw(st.sampled_from([1, 2, [2, 3], [3, 4]]))
+        if draw(st.booleans()):
+            rule["priority"] = draw(st.integers(-1, 2))
+        for flag in ("buffers", "optional", "transposed"):
+            if draw(sometimes(3)):
+                rule[flag] = True
+        rules[f"r{i}"] = None if draw(sometimes(14)) else rule
+    spec = {"seed": draw(st.integers(0, 3)),
+            "default": draw(mostly(st.sampled_from(["keep", "reset"]), st.just("error"), odds=4)),
+            "strict": draw(sometimes(2)), "vars": {"n": draw(mostly(st.sampled_from([2, 12]), st.just(0)))},
+            "rules": rules}
+    if modules and draw(sometimes(2)):
+        pairs = tie_pairs(model)
+        anything = st.lists(st.sampled_from(modules + params + ["missing.module"]), min_size=2, max_size=3)
+        spec["ties"] = {"t": draw(mostly(st.sampled_from(pairs), anything, odds=3) if pairs else anything)}
+    return blueprint, spec
+
+
+def tie_pairs(model: nn.Module) -> list[list[str]]:
+    """[source, target] pairs that can be tied: same-shape parameters, same-class sibling modules."""
+    params = list(model.named_parameters(remove_duplicate=False))
+    pairs = [[a, b] for a, x in params for b, y in params
+             if a < b and x.shape == y.shape and x is not y]
+    modules = [(n, m) for n, m in model.named_modules(remove_duplicate=False) if n]
+
+    def layout(m):
+        return [(k, t.shape) for k, t in [*m.named_parameters(), *m.named_buffers()]]
+
+    pairs += [[a, b] for a, x in modules for b, y in modules
+              if a < b and not b.startswith(a + ".") and not a.startswith(b + ".") and type(x) is type(y)
+              and x is not y and layout(x) == layout(y)]
+    return pairs
+
+
+# ------------------------------------------------------- an independent oracle
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _as_list(value):
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def expected_winner(spec: dict, model: nn.Module, names: tuple[str, ...]) -> str | None:
+    """The rule that should fill the tensor known under ``names`` (highest priority, then latest)."""
+    owners = dict(model.named_modules(remove_duplicate=False))
+    best = None
+    for index, (rule_name, rule) in enumerate(spec["rules"].items()):
+        if rule is None:
+            continue
+        for name in names:
+            owner_name, _, attr = name.rpartition(".")
+            owner = owners[owner_name]
+            tensor = owner._parameters.get(attr)
+            if tensor is None:
+                tensor = owner._buffers[attr]
+                if not (rule.get("buffers") and tensor.is_floating_point()):
+                    continue
+            if not any(_matches(p, name) for p in _as_list(rule["match"])):
+                continue
+            if any(_matches(p, name) for p in _as_list(rule.get("exclude"))):
+                continue
+            if rule.get("ndim") is not None and tensor.dim() not in _as_list(rule["ndim"]):
+                continue
+            wanted = _as_list(rule.get("module"))
+            if wanted and not any(c.__name__ == m.rpartition(".")[2] for m in wanted for c in type(owner).__mro__):
+                continue
+            key = (rule.get("priority", 0), index)
+            if best is None or key > best[0]:
+                best = (key, rule_name)
+    return None if best is None else best[1]
+
+
+def tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters(remove_duplicate=False)),
+            **dict(model.named_buffers(remove_duplicate=False))}
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {name: (t, t.detach().clone()) for name, t in tensors_of(model).items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict, modules_before: dict) -> None:
+    now = tensors_of(model)
+    assert now.keys() == before.keys()
+    for name, (obj, values) in before.items():
+        assert now[name] is obj, f"{name} replaced or tied"
+        assert torch.equal(now[name].detach(), values), f"{name} changed"
+    assert dict(model.named_modules(remove_duplicate=False)) == modules_before
+
+
+def check_values(entry, tensor: torch.Tensor) -> None:
+    """Values consistent with the entry's pipeline: constants exact, samplers within bounds."""
+    t = tensor.detach().double()
+    ops = entry.ops
+    kinds = [o.kind for o in ops]
+    if kinds == ["constant"]:
+        assert torch.equal(tensor.detach(), torch.full_like(tensor, ops[0]["value"])), entry.name
+    elif kinds == ["eye"]:
+        assert torch.equal(tensor.detach(), torch.eye(*tensor.shape, dtype=tensor.dtype)), entry.name
+    elif kinds == ["dirac"]:
+        expected = torch.zeros_like(tensor)
+        torch.nn.init.dirac_(expected, ops[0]["groups"])
+        assert torch.equal(tensor.detach(), expected), entry.name
+    bounds = value_bounds(ops)
+    if bounds is not None and t.numel():
+        lo, hi = bounds
+        slack = 1e-5 * max(abs(lo), abs(hi), 1e-30)
+        assert float(t.min()) >= lo - slack and float(t.max()) <= hi + slack, (entry.name, entry.steps, bounds)
+    if kinds and kinds[-1] == "zero_below":
+        nonzero = t[t != 0].abs()
+        assert bool((nonzero >= ops[-1]["threshold"] * (1 - 1e-6)).all()), entry.name
+
+
+# --------------------------------------------------------------- the property
+
+@SETTINGS
+@given(cases())
+def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
+    blueprint, spec = case
+    model = build(blueprint)
+    before = snapshot(model)
+    modules_before = dict(model.named_modules(remove_duplicate=False))
+    try:
+        report = initspec.apply(model, spec)
+    except InitSpecError as err:
+        assert err.problems and all(p.path and p.what for p in err.problems)
+        assert_unchanged(model, before, modules_before)
+        return
+    plan = report.plan
+    live = tensors_of(model)
+
+    for group in plan.ties:                     # ties are one object
+        for target in group.targets:
+            if group.kind == "module":
+                assert model.get_submodule(target) is model.get_submodule(group.source)
+            else:
+                assert live[target] is live[group.source]
+
+    tied = {n for g in plan.ties for n in g.tensor_map(initspec.tree.walk(model))} if plan.ties else set()
+    for entry in plan.entries:
+        tensor = live[entry.name]
+        if tensor.is_floating_point():
+            assert bool(torch.isfinite(tensor).all()), entry.name
+        if entry.tie is None and not (set(entry.aliases) & tied):
+            assert entry.rule == expected_winner(spec, model, (entry.name, *entry.aliases)), entry
+        if entry.action == "fill":
+            check_values(entry, tensor)
+        elif entry.action == "keep" and entry.tie is None and entry.name.rpartition(".")[0] not in plan.resets:
+            assert torch.equal(tensor.detach(), before[entry.name][1]), entry.name
+
+    again = build(blueprint)                    # same seed => bitwise the same values
+    initspec.apply(again, spec)
+    for name, tensor in tensors_of(again).items():
+        assert torch.equal(tensor.detach(), live[name].detach()), name
+
+
+@SETTINGS
+@given(cases())
+def test_plan_never_touches_the_model(case):
+    blueprint, spec = case
+    model = build(blueprint)
+    before = snapshot(model)
+    modules_before = dict(model.named_modules(remove_duplicate=False))
+    try:
+        initspec.plan(model, spec)
+    except InitSpecError:
+        pass
+    assert_unchanged(model, before, modules_before)
+
+
+def test_the_generator_reaches_both_outcomes():
+    """The strategy is not degenerate: some cases apply, some are refused."""
+    outcomes = set()
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(cases())
+    def probe(case):
+        blueprint, spec = case
+        try:
+            initspec.plan(build(blueprint), spec)
+            outcomes.add("ok")
+        except InitSpecError:
+            outcomes.add("error")
+
+    probe()
+    assert outcomes == {"ok", "error"}
