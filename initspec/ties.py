@@ -199,7 +199,8 @@ def tie(model: nn.Module, tree: Tree, group: TieGroup) -> list[tuple[nn.Module, 
             undo.append((parent, slot.attr, parent._modules[slot.attr]))
             setattr(parent, slot.attr, source)
     else:
-        source = tree.by_tensor_name[group.source].tensor
+        head = tree.by_tensor_name[group.source]
+        source = head.owner.module._parameters[head.attr]  # live: materialization replaces meta parameters
         for target in group.targets:
             slot = tree.by_tensor_name[target]
             parent = slot.owner.module
