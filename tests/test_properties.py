@@ -48,10 +48,11 @@ trees = st.recursive(leaves, lambda kids: st.one_of(
 KEYS = ("enc", "dec", "h")
 
 
-def build(blueprint) -> nn.Module:
-    """The module a blueprint describes, with deterministic starting values."""
+def build(blueprint, meta: bool = False) -> nn.Module:
+    """The module a blueprint describes, with deterministic starting values (or none, on meta)."""
     torch.manual_seed(0)
-    return _build(blueprint if blueprint[0] in ("seq", "dict", "shared") else ("seq", [blueprint]))
+    with torch.device("meta" if meta else "cpu"):
+        return _build(blueprint if blueprint[0] in ("seq", "dict", "shared") else ("seq", [blueprint]))
 
 
 def _build(bp) -> nn.Module:
@@ -177,7 +178,7 @@ def cases(draw):
         pairs = tie_pairs(model)
         anything = st.lists(st.sampled_from(modules + params + ["missing.module"]), min_size=2, max_size=3)
         spec["ties"] = {"t": draw(mostly(st.sampled_from(pairs), anything, odds=3) if pairs else anything)}
-    return blueprint, spec
+    return blueprint, spec, draw(sometimes(4))
 
 
 def tie_pairs(model: nn.Module) -> list[list[str]]:
@@ -252,7 +253,8 @@ def assert_unchanged(model: nn.Module, before: dict, modules_before: dict) -> No
     assert now.keys() == before.keys()
     for name, (obj, values) in before.items():
         assert now[name] is obj, f"{name} replaced or tied"
-        assert torch.equal(now[name].detach(), values), f"{name} changed"
+        assert now[name].is_meta == values.is_meta, f"{name} changed device"
+        assert values.is_meta or torch.equal(now[name].detach(), values), f"{name} changed"
     assert dict(model.named_modules(remove_duplicate=False)) == modules_before
 
 
@@ -284,12 +286,12 @@ def check_values(entry, tensor: torch.Tensor) -> None:
 @SETTINGS
 @given(cases())
 def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
-    blueprint, spec = case
-    model = build(blueprint)
+    blueprint, spec, meta = case
+    model = build(blueprint, meta)
     before = snapshot(model)
     modules_before = dict(model.named_modules(remove_duplicate=False))
     try:
-        report = initspec.apply(model, spec)
+        report = initspec.apply(model, spec, device="cpu")
     except InitSpecError as err:
         assert err.problems and all(p.path and p.what for p in err.problems)
         assert_unchanged(model, before, modules_before)
@@ -307,6 +309,7 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
     tied = {n for g in plan.ties for n in g.tensor_map(initspec.tree.walk(model))} if plan.ties else set()
     for entry in plan.entries:
         tensor = live[entry.name]
+        assert not tensor.is_meta, f"{entry.name} left on the meta device"
         if tensor.is_floating_point():
             assert bool(torch.isfinite(tensor).all()), entry.name
         if entry.tie is None and not (set(entry.aliases) & tied):
@@ -316,8 +319,8 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
         elif entry.action == "keep" and entry.tie is None:
             assert torch.equal(tensor.detach(), before[entry.name][1]), entry.name
 
-    again = build(blueprint)                    # same seed => bitwise the same values
-    initspec.apply(again, spec)
+    again = build(blueprint, meta)              # same seed => bitwise the same values
+    initspec.apply(again, spec, device="cpu")
     for name, tensor in tensors_of(again).items():
         assert torch.equal(tensor.detach(), live[name].detach()), name
 
@@ -325,8 +328,8 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
 @SETTINGS
 @given(cases())
 def test_plan_never_touches_the_model(case):
-    blueprint, spec = case
-    model = build(blueprint)
+    blueprint, spec, meta = case
+    model = build(blueprint, meta)
     before = snapshot(model)
     modules_before = dict(model.named_modules(remove_duplicate=False))
     try:
@@ -344,12 +347,38 @@ def test_the_generator_reaches_both_outcomes():
               suppress_health_check=[HealthCheck.too_slow])
     @given(cases())
     def probe(case):
-        blueprint, spec = case
+        blueprint, spec, meta = case
         try:
-            initspec.plan(build(blueprint), spec)
+            initspec.plan(build(blueprint, meta), spec)
             outcomes.add("ok")
         except InitSpecError:
             outcomes.add("error")
 
     probe()
     assert outcomes == {"ok", "error"}
+
+
+# ------------------------------------------- regressions these properties found
+
+def test_parameter_tie_on_a_meta_model_ties_the_materialized_tensor():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.LayerNorm(2))
+    initspec.apply(model, {"rules": {"a": {"match": "0.bias", "init": "ones"}},
+                           "ties": {"t": ["0.bias", "0.weight"]}}, device="cpu")
+    assert model[0].weight is model[0].bias and not model[0].weight.is_meta
+    assert torch.equal(model[0].weight.detach(), torch.ones(2))
+
+
+def test_tie_through_a_shared_module_is_planned_for_every_alias():
+    block = nn.Sequential(nn.Linear(1, 1, bias=False), nn.LayerNorm(1))
+    model = nn.Sequential(block, block)
+    report = initspec.apply(model, {"ties": {"t": ["0.1.weight", "1.1.bias"]}})
+    entry = report.plan.entry("0.1.bias")
+    assert entry.name == "0.1.weight" and entry.tie == "t"
+    assert model[0][1].bias is model[0][1].weight
+
+
+def test_reset_module_buffers_are_planned_as_reset():
+    model = nn.Sequential(nn.BatchNorm1d(2))
+    report = initspec.apply(model, {"default": "reset"})
+    assert {e.name: e.action for e in report.plan.entries}["0.running_mean"] == "reset"
