@@ -6,6 +6,7 @@ pydantic's own report.
 """
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, Literal
 
@@ -143,8 +144,11 @@ def validate(data: Any) -> Spec:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         reported = {p.path for p in problems}
-        for err in exc.errors():
-            problem = _from_pydantic(_user_loc(err, data, listed))
+        errors = [_user_loc(err, data, listed) for err in exc.errors()]
+        for err in errors:
+            if _misspelled(err, errors):
+                continue  # the unknown-key problem already says "did you mean"
+            problem = _from_pydantic(err)
             if not any(problem.path == r or problem.path.startswith(r + ".") for r in reported):
                 problems.append(problem)
                 reported.add(problem.path)
@@ -284,6 +288,15 @@ def _check_steps(rule_name: str, steps: list[dict], is_list: bool) -> list[Probl
                                         f"step {name!r} needs argument {key!r}",
                                         f"add {key}: <value> to the step"))
     return problems
+
+
+def _misspelled(err: dict, errors: list[dict]) -> bool:
+    """A missing key that an unknown sibling key is a misspelling of (``mtach`` for ``match``)."""
+    if err["type"] != "missing":
+        return False
+    parent, key = err["loc"][:-1], str(err["loc"][-1])
+    return any(e["type"] == "extra_forbidden" and e["loc"][:-1] == parent
+               and difflib.get_close_matches(str(e["loc"][-1]), [key], n=1, cutoff=0.6) for e in errors)
 
 
 def _user_loc(err: dict, data: dict, listed: set[str]) -> dict:
