@@ -443,3 +443,19 @@ def test_every_problem_is_reported_at_once():
     paths = caught.value.paths
     for expected in ("initspec.rules.a.init.std", "initspec.rules.b.init.name", "initspec.rules.c.mtach"):
         assert expected in paths, paths
+
+
+def test_readme_error_messages_are_real():
+    """The README's "Errors and trust" messages are str(err) of catalog cases, verbatim."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Errors and trust", 1)[1]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    shown = [line for line in block.splitlines() if line.strip()]
+    by_id = {c.id: c for c in CASES}
+    actual = set()
+    for case_id in ("misspelled_rule_key", "expr_unknown_name", "fn_outside_prefixes"):
+        case = by_id[case_id]
+        with pytest.raises(InitSpecError) as caught:
+            initspec.apply(case.model(), case.spec, **case.kwargs)
+        actual.add(str(caught.value))
+    assert len(shown) == 3 and set(shown) == actual
