@@ -23,7 +23,7 @@ from initspec import InitSpecError
 from initspec.catalog import REQUIRED, STEPS
 from initspec.ops import value_bounds
 
-EXAMPLES = int(os.environ.get("INITSPEC_PROPERTY_EXAMPLES", "80"))
+EXAMPLES = int(os.environ.get("INITSPEC_PROPERTY_EXAMPLES", "100"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     derandomize=not os.environ.get("INITSPEC_PROPERTY_RANDOM"),
                     phases=[Phase.explicit, Phase.generate, Phase.shrink],
