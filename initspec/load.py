@@ -195,20 +195,35 @@ def _resolve(node: DictConfig, overrides: dict) -> dict:
 def _resolve_vars(node: DictConfig, overrides: dict, prefix: str, problems: list[Problem]) -> dict:
     variables = node._get_node("vars")
     result: dict[str, Any] = {}
+    if variables is not None and not isinstance(variables, DictConfig) and not OmegaConf.is_missing(node, "vars"):
+        try:
+            variables = node.vars  # an interpolation (vars: ${model}) resolves here
+        except OmegaConfBaseException as exc:
+            problems.append(_interpolation_problem(exc, prefix, "vars"))
+            variables = None
     if isinstance(variables, DictConfig):
         for name in variables.keys():
             if name in overrides:
                 continue
             try:
                 result[name] = variables[name]
+                if isinstance(result[name], (DictConfig, ListConfig)):
+                    result[name] = OmegaConf.to_container(result[name], resolve=True)
             except OmegaConfBaseException as exc:
                 problems.append(_interpolation_problem(exc, prefix, f"vars.{name}", var=str(name)))
-            if isinstance(result.get(name), (DictConfig, ListConfig)):
-                result[name] = OmegaConf.to_container(result[name], resolve=True)
-    elif variables is not None and not OmegaConf.is_missing(node, "vars") and node.vars is not None:
-        problems.append(Problem(f"{ROOT}.vars", f"vars must be a mapping, got {node.vars!r}", ""))
+    elif variables is not None and not OmegaConf.is_missing(node, "vars") and not _is_none(variables):
+        problems.append(Problem(f"{ROOT}.vars", f"vars must be a mapping, got {_plain(variables)!r}",
+                                "write vars: {n_layer: 12}"))
     result.update(overrides)
     return result
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or (hasattr(value, "_is_none") and value._is_none())
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def _node_prefix(node: DictConfig) -> str:
