@@ -126,6 +126,7 @@ CASES = [
     Case("no_such_preset", "seed_custm", "initspec", says=("Did you mean 'seed_custom'",)),
     Case("interpolation_missing", lambda f: f["interp.yaml"], "initspec.vars.n_layer",
          says=("model.n_layer",)),
+    Case("vars_interpolation_missing", lambda f: f["vars_interp"], "initspec.vars", says=("model.dims",)),
     # -------------------------------------------------------- keys and types
     Case("misspelled_top_key", {"rule": {}}, "initspec.rule", says=("Did you mean 'rules'",)),
     Case("misspelled_rule_key", rules(w={"mtach": "*.weight", "init": "zeros"}), "initspec.rules.w.mtach",
@@ -319,6 +320,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     cfg = OmegaConf.create({"model": {"n_layer": 2}, "initspec": {
         "vars": {"n_layer": "${model.n_layer}"},
         "rules": {"w": {"match": "body.*.weight", "init": {"name": "normal", "std": "0.02 / n_layer"}}}}})
+    out["vars_interp"] = OmegaConf.create({"model": {}, "initspec": {"vars": "${model.dims}"}}).initspec
     out["hydra_override"] = OmegaConf.merge(cfg, OmegaConf.from_dotlist(["initspec.rules.w.init.std=-1"])).initspec
 
     state = {k: v.detach().clone() for k, v in net().state_dict().items() if v.is_floating_point()}
