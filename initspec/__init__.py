@@ -1,20 +1,41 @@
 """initspec: declarative, config-driven parameter initialization for PyTorch.
 
     import initspec
-    report = initspec.apply(model, "configs/initspec/seed_custom.yaml", seed=0)
+    report = initspec.apply(model, "seed_custom", seed=0)   # preset name, YAML path, dict or DictConfig
     print(report.explain())
-"""
-from .api import apply, load_spec, plan
-from .catalog import STEPS, register_step, unregister_step
-from .errors import InitSpecError, Problem
-from .load import preset_names
-from .plan import Entry, Plan
-from .report import Report, Stats
-from .spec import Rule, Spec, Step, Tie
-from .ties import TieGroup
 
-__all__ = [
-    "apply", "plan", "load_spec", "InitSpecError", "Problem", "register_step", "unregister_step",
-    "Spec", "Rule", "Step", "Tie", "Plan", "Entry", "Report", "Stats", "TieGroup", "STEPS", "preset_names",
-]
+Names are imported on first use, so ``import initspec.configs`` (what Hydra
+does to find the presets) does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "apply": "api", "plan": "api", "load_spec": "api",
+    "build": "build", "meta_parameters": "build",
+    "STEPS": "catalog", "register_step": "catalog", "unregister_step": "catalog",
+    "InitSpecError": "errors", "Problem": "errors",
+    "preset_names": "load",
+    "Entry": "plan", "Plan": "plan",
+    "Report": "report", "Stats": "report",
+    "Rule": "spec", "Spec": "spec", "Step": "spec", "Tie": "spec",
+    "TieGroup": "ties",
+    "save_checkpoint": "export", "load_checkpoint": "export",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'initspec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

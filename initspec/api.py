@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -59,15 +59,16 @@ def plan(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[
 
 def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any = None,
           vars: Mapping[str, Any] | None = None, allow_fn: Iterable[str] = (),
-          threads: int | None = None) -> Report:
+          threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> Report:
     """Initialize ``model`` by ``spec``; returns a :class:`Report`.
 
     ``seed`` overrides ``spec.seed``. ``device`` is where tensors on the meta
     device are materialized. ``allow_fn`` widens the prefixes ``fn:`` steps may
     import from (``torch.nn.init`` always). ``threads`` fills chunks in
-    parallel (values never depend on it). On any error the model is unchanged.
+    parallel (values never depend on it). ``progress(done, total)`` is called
+    with element counts while filling. On any error the model is unchanged.
     """
     start = time.perf_counter()
     the_plan, layout = make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))
-    execute(model, the_plan, layout, device=device, threads=threads)
+    execute(model, the_plan, layout, device=device, threads=threads, progress=progress)
     return Report(the_plan, model, time.perf_counter() - start)

@@ -76,6 +76,7 @@ def live_tensor(slot: TensorSlot) -> torch.Tensor:
 
 
 def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
+            progress: Callable[[int, int], None] | None = None,
             threads: int | None = None) -> None:
     """Apply ``plan`` to ``model``; on failure the model is left as it was."""
     entries = [e for e in plan.entries]
@@ -107,7 +108,7 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
                     tasks.append((region.local.numel(), _copier(region.local, staged[entry.name])))
                 else:
                     tasks += fill_tasks(entry, region, plan)
-            run_tasks(tasks, threads)
+            run_tasks(tasks, threads, progress)
     except BaseException:
         untie(undo_ties)
         if undo_materialize:
@@ -195,22 +196,28 @@ def _via_block(entry: Entry, view: torch.Tensor, region: Region, chunk: int, c0:
     return fill
 
 
-def run_tasks(tasks: list[tuple[int, Callable[[], None]]], threads: int) -> None:
-    """Run fill tasks, small ones batched, on ``threads`` threads (values never depend on it)."""
-    batches: list[list[Callable[[], None]]] = []
+def run_tasks(tasks: list[tuple[int, Callable[[], None]]], threads: int,
+              progress: Callable[[int, int], None] | None = None) -> None:
+    """Run fill tasks, small ones batched, on ``threads`` threads (values never depend on it).
+
+    ``progress(done, total)`` is called with element counts after each batch.
+    """
+    batches: list[tuple[int, list[Callable[[], None]]]] = []
     pending: list[Callable[[], None]] = []
     size = 0
     for numel, fn in tasks:
         if numel >= SMALL_TASK:
-            batches.append([fn])
+            batches.append((numel, [fn]))
             continue
         pending.append(fn)
         size += numel
         if size >= SMALL_TASK:
-            batches.append(pending)
+            batches.append((size, pending))
             pending, size = [], 0
     if pending:
-        batches.append(pending)
+        batches.append((size, pending))
+    total = sum(n for n, _ in batches)
+    done = 0
 
     def run(batch: list[Callable[[], None]]) -> None:
         with torch.no_grad():
@@ -218,12 +225,19 @@ def run_tasks(tasks: list[tuple[int, Callable[[], None]]], threads: int) -> None
                 fn()
 
     if threads <= 1 or len(batches) <= 1:
-        for batch in batches:
+        for numel, batch in batches:
             run(batch)
+            if progress is not None:
+                done += numel
+                progress(done, total)
         return
     with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
-        for future in [pool.submit(run, b) for b in batches]:
+        futures = [(numel, pool.submit(run, b)) for numel, b in batches]
+        for numel, future in futures:
             future.result()
+            if progress is not None:
+                done += numel
+                progress(done, total)
 
 
 # ------------------------------------------------------------------ phase A

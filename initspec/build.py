@@ -1,0 +1,130 @@
+"""Build a model and initialize it once: the helper for training launchers.
+
+    model, report = initspec.build(cfg.model, cfg.initspec, device="cpu")
+
+With ``empty_init=True`` (the default) the model is constructed with its
+parameters on the meta device while buffers are built for real, so
+PyTorch's default initialization costs nothing; :func:`initspec.apply` then
+gives each unique parameter storage once on ``device`` and fills it. Ties
+made in the model's ``__init__`` survive. Parameters no rule covers get their
+module's ``reset_parameters()`` (seeded, global RNG untouched), or a clear
+error when the module has none.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .errors import InitSpecError
+from .report import Report
+
+_PATCH_LOCK = threading.RLock()
+_OWNER: list[int] = []  # thread ids currently building empty (one patch, re-entrant)
+
+
+class Built(NamedTuple):
+    model: nn.Module
+    report: Report
+
+
+@contextlib.contextmanager
+def meta_parameters():
+    """Within this block, modules built by this thread register parameters on the meta device.
+
+    Buffers are built normally, so computed tables (rotary frequencies, masks)
+    stay correct. Other threads are not affected.
+    """
+    original = nn.Module.register_parameter
+    me = threading.get_ident()
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if (param is not None and threading.get_ident() in _OWNER and not param.is_meta
+                and not isinstance(param, nn.parameter.UninitializedParameter)):
+            param = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    with _PATCH_LOCK:
+        first = not _OWNER
+        _OWNER.append(me)
+        if first:
+            nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        with _PATCH_LOCK:
+            _OWNER.remove(me)
+            if not _OWNER:
+                nn.Module.register_parameter = original
+
+
+def instantiate(model: Any) -> nn.Module:
+    """An nn.Module from a ``_target_`` config (dict/DictConfig), a factory, or a module."""
+    if isinstance(model, nn.Module):
+        return model
+    if callable(model) and not isinstance(model, Mapping):
+        built = model()
+    else:
+        from hydra.utils import instantiate as hydra_instantiate
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(model, Mapping) and not isinstance(model, DictConfig):
+            model = OmegaConf.create(dict(model))
+        if not isinstance(model, DictConfig) or "_target_" not in model:
+            raise InitSpecError("model", "a model config needs a _target_ (e.g. initspec.models.gpt.GPT)",
+                                "pass a mapping with _target_, a factory function, or an nn.Module")
+        try:
+            built = hydra_instantiate(model)
+        except Exception as exc:
+            raise InitSpecError("model", f"cannot instantiate the model: {exc}",
+                                "check model._target_ and its arguments") from exc
+    if not isinstance(built, nn.Module):
+        raise InitSpecError("model", f"the model config built a {type(built).__name__}, not an nn.Module",
+                            "point _target_ at a module class or a function returning one")
+    return built
+
+
+def spec_with_model(spec: Any, model: Any) -> Any:
+    """Attach a standalone spec (path, preset, dict) next to a model config so that
+    ``${model.n_layer}``-style vars resolve; other specs are returned as they are."""
+    from omegaconf import DictConfig, OmegaConf
+    from .load import _find, _from_file
+    from .spec import Spec
+    if isinstance(spec, Spec) or not isinstance(model, Mapping) or "_target_" not in model:
+        return spec
+    if isinstance(spec, DictConfig) and spec._get_parent() is not None:
+        return spec
+    if isinstance(spec, (str, bytes)) or hasattr(spec, "__fspath__"):
+        node = _from_file(_find(spec))
+    elif isinstance(spec, Mapping):
+        node = OmegaConf.create(dict(spec)) if not isinstance(spec, DictConfig) else spec
+    else:
+        return spec
+    model_node = model if isinstance(model, DictConfig) else OmegaConf.create(dict(model))
+    root = OmegaConf.create({"model": OmegaConf.to_container(model_node, resolve=False),
+                             "initspec": OmegaConf.to_container(node, resolve=False)})
+    return root.initspec
+
+
+def build(model: Any, spec: Any, *, device: Any = "cpu", empty_init: bool = True, seed: int | None = None,
+          vars: Mapping[str, Any] | None = None, allow_fn: Iterable[str] = (), threads: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Built:
+    """Instantiate ``model`` (a ``_target_`` config, a factory or a module), initialize it by ``spec``.
+
+    Returns ``(model, report)``. ``empty_init`` skips PyTorch's default
+    initialization (no double init). A spec given as a path, preset name or
+    dict resolves ``${model.*}`` interpolations against a model config.
+    """
+    from .api import apply
+    with torch.device(device) if str(device) != "cpu" else contextlib.nullcontext():
+        if empty_init:
+            with meta_parameters():
+                module = instantiate(model)
+        else:
+            module = instantiate(model)
+    report = apply(module, spec_with_model(spec, model), seed=seed, device=device, vars=vars,
+                   allow_fn=allow_fn, threads=threads, progress=progress)
+    return Built(module, report)
