@@ -14,7 +14,7 @@ from typing import Any
 
 _EXPORTS = {
     "apply": "api", "plan": "api", "load_spec": "api",
-    "build": "build", "meta_parameters": "build",
+    "build": "builder", "meta_parameters": "builder",
     "STEPS": "catalog", "register_step": "catalog", "unregister_step": "catalog",
     "InitSpecError": "errors", "Problem": "errors",
     "preset_names": "load",

@@ -114,14 +114,14 @@ def _presets() -> int:
 
 def _plan(cfg: Any, args: argparse.Namespace):
     from .api import plan
-    from .build import instantiate, meta_parameters
+    from .builder import instantiate, meta_parameters
     with meta_parameters():
         model = instantiate(cfg.model)
     return plan(model, cfg.initspec, seed=args.seed, allow_fn=args.allow_fn)
 
 
 def _build(cfg: Any, args: argparse.Namespace):
-    from .build import build
+    from .builder import build
     with Progress() as progress:
         return build(cfg.model, cfg.initspec, device=args.device, seed=args.seed, allow_fn=args.allow_fn,
                      threads=args.threads, progress=progress)

@@ -1,0 +1,120 @@
+"""initspec.build: empty construction, one materialization, ties kept, vars from the model config."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+import initspec
+from initspec import InitSpecError
+from initspec.builder import meta_parameters
+
+GPT = {"_target_": "initspec.models.gpt.GPT", "vocab_size": 128, "n_positions": 32, "n_embd": 64, "n_layer": 4,
+       "n_head": 4}
+
+
+def test_build_from_target_config_resolves_model_vars_and_keeps_ties():
+    model, report = initspec.build(GPT, "gpt2")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert not any(p.is_meta for p in model.parameters())
+    entry = report.plan.entry("transformer.h.3.mlp.c_proj.weight")
+    assert entry.expected_std == pytest.approx(0.02 / (2 * 4) ** 0.5)     # n_layer from the model config
+    assert report.plan.entry("transformer.wte.weight").aliases == ("lm_head.weight",)
+    ln = model.transformer.h[0].ln_1
+    assert torch.equal(ln.weight.detach(), torch.ones(64)) and torch.equal(ln.bias.detach(), torch.zeros(64))
+
+
+def test_build_equals_apply_on_a_normally_built_model():
+    built, _ = initspec.build(GPT, "gpt2", seed=5)
+    from initspec.models.gpt import GPT as GPTClass
+    plain = GPTClass(**{k: v for k, v in GPT.items() if k != "_target_"})
+    initspec.apply(plain, "gpt2", seed=5, vars={"n_layer": 4})
+    for (n1, p1), (n2, p2) in zip(built.named_parameters(), plain.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+
+
+def test_no_double_init_parameters_never_hold_default_values():
+    calls = []
+    original = nn.Linear.reset_parameters
+
+    def spy(self):
+        calls.append(self.weight.is_meta)
+        original(self)
+
+    nn.Linear.reset_parameters = spy
+    try:
+        initspec.build(lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
+                       {"rules": {"all": {"match": "*", "init": "zeros"}}})
+    finally:
+        nn.Linear.reset_parameters = original
+    assert calls == [True, True]   # default init ran on meta tensors only: free
+
+
+def test_uncovered_parameters_get_their_module_reset_seeded():
+    a, _ = initspec.build(lambda: nn.Sequential(nn.Linear(4, 4)), {"rules": {"w": {"match": "*.weight", "init": "zeros"}}})
+    b, _ = initspec.build(lambda: nn.Sequential(nn.Linear(4, 4)), {"rules": {"w": {"match": "*.weight", "init": "zeros"}}})
+    assert torch.equal(a[0].bias, b[0].bias) and torch.count_nonzero(a[0].bias) == 4
+
+
+def test_buffers_are_built_for_real():
+    class Rotary(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+            self.register_buffer("freqs", torch.arange(4.0) / 4)
+
+    model, _ = initspec.build(Rotary, {"rules": {"all": {"match": "proj.*", "init": "ones"}}})
+    assert torch.equal(model.freqs, torch.arange(4.0) / 4)
+
+
+def test_meta_parameters_only_affects_this_thread_and_restores():
+    import threading
+    original = nn.Module.register_parameter
+    seen = {}
+
+    def other():
+        seen["other"] = nn.Linear(2, 2).weight.is_meta
+
+    with meta_parameters():
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        seen["here"] = nn.Linear(2, 2).weight.is_meta
+    assert seen == {"other": False, "here": True}
+    assert nn.Module.register_parameter is original
+    with pytest.raises(RuntimeError):
+        with meta_parameters():
+            raise RuntimeError("x")
+    assert nn.Module.register_parameter is original
+
+
+def test_build_errors():
+    with pytest.raises(InitSpecError, match="_target_"):
+        initspec.build({"n_layer": 2}, "gpt2")
+    with pytest.raises(InitSpecError, match="not an nn.Module"):
+        initspec.build(lambda: 3, "seed_normal")
+    with pytest.raises(InitSpecError, match="cannot instantiate"):
+        initspec.build({"_target_": "initspec.models.gpt.GPT", "bogus": 1}, "gpt2")
+
+
+def test_build_with_a_composed_dictconfig():
+    cfg = OmegaConf.create({"model": GPT, "initspec": {"vars": {"n_layer": "${model.n_layer}"},
+                                                       "rules": {"w": {"match": "*.weight", "ndim": 2, "init": {
+                                                           "name": "normal", "std": "1 / n_layer"}}}}})
+    model, report = initspec.build(cfg.model, cfg.initspec)
+    assert report.plan.entry("transformer.wpe.weight").expected_std == 0.25
+
+
+def test_checkpoint_round_trip_restores_ties(tmp_path):
+    model, report = initspec.build(GPT, "gpt2")
+    path = tmp_path / "seed.safetensors"
+    initspec.save_checkpoint(model, path, report.plan)
+    from initspec.export import read_metadata
+    meta = read_metadata(path)
+    assert meta["initspec.aliases"] == {"transformer.wte.weight": ["lm_head.weight"]}
+    assert meta["initspec.tie_groups"] == {"lm_head": ["transformer.wte.weight", "lm_head.weight"]}
+    from initspec.models.gpt import GPT as GPTClass
+    fresh = GPTClass(**{k: v for k, v in GPT.items() if k != "_target_"}, tie_embeddings=False)
+    initspec.load_checkpoint(fresh, path)
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    for (n1, p1), (n2, p2) in zip(model.named_parameters(), fresh.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
