@@ -26,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from .regex_safety import backtracking_hazard
+
 _DIGITS = re.compile(r"\d+")
 _GLOB_META = re.compile(r"[*?\[]")
 
@@ -58,9 +60,14 @@ def compile_pattern(text: str, tag: int) -> Pattern:
     if text.startswith("re:"):
         body = text[3:]
         try:
-            return Pattern(text, tag, re.compile(f"(?s:{body})\\Z"))
+            compiled = re.compile(f"(?s:{body})\\Z")
         except re.error as exc:
             raise PatternError(text, f"invalid regex {body!r}: {exc}") from None
+        hazard = backtracking_hazard(body)
+        if hazard:
+            raise PatternError(text, f"regex {body!r} could backtrack for hours: it has {hazard}; "
+                                     "use a glob or a regex without nested repetition")
+        return Pattern(text, tag, compiled)
     if not _GLOB_META.search(text):
         return Pattern(text, tag, None)
     if text.count("[") != text.count("]"):
