@@ -166,6 +166,10 @@ CASES = [
     # -------------------------------------------------- patterns, coverage
     Case("invalid_glob", w("zeros", match="[body.*"), "initspec.rules.w.match", says=("invalid glob",)),
     Case("invalid_regex", w("zeros", match="re:(body"), "initspec.rules.w.match", says=("invalid regex",)),
+    Case("regex_nested_repetition", w("zeros", match="re:(.*)*x"), "initspec.rules.w.match",
+         says=("backtrack",), seconds=BOMB),
+    Case("regex_too_many_stars", w("zeros", exclude="re:" + ".*" * 12 + "x"), "initspec.rules.w.exclude",
+         says=("unbounded repetitions",), seconds=BOMB),
     Case("invalid_exclude_regex", w("zeros", exclude="re:[a-"), "initspec.rules.w.exclude"),
     Case("strict_rule_matches_nothing", w("zeros", match="*.wieght"), "initspec.rules.w.match",
          says=("matches no parameter", "nearest names")),

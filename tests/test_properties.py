@@ -95,9 +95,9 @@ def mostly(valid, invalid, odds: int = 12):
 NUMBERS = [0.5, 1.0, 0.02, 2.0, 1e-3, "1 / sqrt(fan_in)", "0.02 / sqrt(2 * n)", "0.1 * (layer + 1)",
            "numel ** 0.5"]
 BAD_NUMBERS = [0.0, -1.0, 1e39, "1 / n", "fan_inn", "1 / 0", "__import__('os')", "10**10**10"]
-GLOBS = ["*", "*.weight", "*.bias", "*.0.*", "*running_*", "re:.*\\.weight", "re:(\\w+\\.)*bias", "?.*",
+GLOBS = ["*", "*.weight", "*.bias", "*.0.*", "*running_*", "re:.*\\.weight", "re:.*bias", "?.*",
          "[0-9].*"]
-BAD_GLOBS = ["*.wieght", "re:(", "[abc", "nothing.here"]
+BAD_GLOBS = ["*.wieght", "re:(", "[abc", "nothing.here", "re:(.*)*x"]
 FNS = ["torch.nn.init.ones_", "torch.nn.init.zeros_", "torch.nn.init.normal_", "torch.nn.init.eye_"]
 BAD_FNS = ["os.system", "torch.nn.init.torch.save", "builtins.eval", "torch.nn.init.nope_"]
 STEP_NAMES = sorted(n for n, d in STEPS.items() if not d.custom and n != "checkpoint")
