@@ -190,6 +190,12 @@ def test_every_torch_load_call_in_the_source_passes_weights_only_true():
     found = 0
     for path in (REPO / "initspec").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.ImportFrom) and node.module in ("torch", "pickle", "dill")
+                        and any(a.name in ("load", "loads", "Unpickler") for a in node.names)), \
+                f"{path.name}:{node.lineno} imports a loader under another name"
+            assert not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id in ("pickle", "dill")
+                        and node.func.attr in ("load", "loads", "Unpickler")), f"{path.name}:{node.lineno} unpickles"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                 found += 1
