@@ -3,39 +3,21 @@
     import initspec
     report = initspec.apply(model, "seed_custom", seed=0)   # preset name, YAML path, dict or DictConfig
     print(report.explain())
-
-Names are imported on first use, so ``import initspec.configs`` (what Hydra
-does to find the presets) does not import torch.
 """
-from __future__ import annotations
+from .api import apply, load_spec, plan
+from .builder import build, meta_parameters
+from .catalog import STEPS, register_step, unregister_step
+from .errors import InitSpecError, Problem
+from .export import load_checkpoint, save_checkpoint
+from .load import preset_names
+from .plan import Entry, Plan
+from .report import Report, Stats
+from .spec import Rule, Spec, Step, Tie
+from .ties import TieGroup
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "apply": "api", "plan": "api", "load_spec": "api",
-    "build": "builder", "meta_parameters": "builder",
-    "STEPS": "catalog", "register_step": "catalog", "unregister_step": "catalog",
-    "InitSpecError": "errors", "Problem": "errors",
-    "preset_names": "load",
-    "Entry": "plan", "Plan": "plan",
-    "Report": "report", "Stats": "report",
-    "Rule": "spec", "Spec": "spec", "Step": "spec", "Tie": "spec",
-    "TieGroup": "ties",
-    "save_checkpoint": "export", "load_checkpoint": "export",
-}
-
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "register_step",
+    "unregister_step", "save_checkpoint", "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry",
+    "Report", "Stats", "TieGroup", "STEPS", "preset_names",
+]
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'initspec' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))

@@ -66,7 +66,7 @@ def compose(config_dir: str | None, config_name: str | None, overrides: list[str
     if config_dir:
         context = initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None)
     else:
-        context = initialize_config_module(config_module="initspec.configs", version_base=None)
+        context = initialize_config_module(config_module="initspec_configs", version_base=None)
     with context:
         return hydra_compose(config_name=config_name or DEFAULT_CONFIG, overrides=overrides)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import InitSpecError, Problem
 from .kernels import RNG_LOCK, run_block, run_whole
-from .ops import needs_whole, reads_existing
+from .ops import needs_whole, reads_existing, starts_custom
 from .plan import Entry, Layout, Plan
 from .spec import ROOT
 from .streams import Stream, chunk_ranges, generation_dtype, stream_seed
@@ -84,9 +84,10 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
     undo_materialize: list = []
     undo_resets: list = []
     try:
+        fresh = {e.name for e in entries if is_meta(layout.tensors[e.name])}
         undo_materialize = _materialize(layout, entries, device)
         undo_resets = _resets(plan, layout)
-        staged = _stage(plan, layout, entries, threads)
+        staged = _stage(plan, layout, entries, threads, fresh)
     except BaseException as exc:
         _restore(undo_resets)
         _restore(undo_materialize)
@@ -149,7 +150,7 @@ def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Call
     shape = region.global_shape or (1,)
     if needs_whole(entry.ops):
         def whole() -> None:
-            if reads_existing(entry.ops):
+            if reads_existing(entry.ops) or starts_custom(entry.ops):
                 full = target.detach().to(stream.device, dtype, copy=True)
                 if not region.full:
                     raise InitSpecError(entry.ops[0].origin or ROOT,
@@ -327,8 +328,14 @@ def _resets(plan: Plan, layout: Layout) -> list:
     return undo
 
 
-def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int) -> dict[str, torch.Tensor]:
-    """Compute staged pipelines into temporaries and check them."""
+def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int,
+           fresh: set[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """Compute staged pipelines into temporaries and check them.
+
+    A pipeline that starts from the current values gets a copy of them; a
+    custom function first gets the current values, or zeros for a tensor that
+    had none (materialized from meta in this apply).
+    """
     staged: dict[str, torch.Tensor] = {}
     problems: list[Problem] = []
     for entry in entries:
@@ -336,7 +343,12 @@ def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int) -> di
             continue
         tensor = _current(layout, entry)
         region = region_of(tensor)
-        temp = region.local.detach().clone() if reads_existing(entry.ops) else torch.empty_like(region.local)
+        if reads_existing(entry.ops) or (starts_custom(entry.ops) and entry.name not in fresh):
+            temp = region.local.detach().clone()
+        elif starts_custom(entry.ops):
+            temp = torch.zeros_like(region.local)
+        else:
+            temp = torch.empty_like(region.local)
         temp_region = Region(temp, region.offset, region.global_shape)
         try:
             run_tasks(fill_tasks(entry, temp_region, plan), threads)

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import InitSpecError, Problem, raise_all, suggest
 from .spec import ROOT
 
-PRESET_PACKAGE = "initspec.configs"
+PRESET_PACKAGE = "initspec_configs"
 
 
 def preset_dir() -> Path:

@@ -148,8 +148,13 @@ def value_bounds(ops: tuple[Op, ...]) -> tuple[float, float] | None:
 
 
 def reads_existing(ops: tuple[Op, ...]) -> bool:
-    """True when the pipeline starts from the tensor's current values."""
-    return bool(ops) and (ops[0].kind in TRANSFORMS or ops[0].kind == "custom")
+    """True when the pipeline starts by transforming the tensor's current values."""
+    return bool(ops) and ops[0].kind in TRANSFORMS
+
+
+def starts_custom(ops: tuple[Op, ...]) -> bool:
+    """A custom function first: it receives the current values (zeros on a fresh empty build)."""
+    return bool(ops) and ops[0].kind == "custom"
 
 
 def needs_whole(ops: tuple[Op, ...]) -> bool:

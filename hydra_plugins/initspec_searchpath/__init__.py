@@ -2,7 +2,7 @@
 
 After ``pip install initspec`` any Hydra app can use the ``initspec`` group
 (presets: ``defaults: [initspec: gpt2]`` or ``initspec=gpt2`` on the command
-line) and the example ``model`` configs. Imports neither torch nor initspec.
+line) and the example ``model`` configs. Imports neither torch nor initspec; the configs live in the torch-free package initspec_configs (the repo's configs/ directory).
 """
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
@@ -10,4 +10,4 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 class InitspecSearchPathPlugin(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        search_path.append(provider="initspec", path="pkg://initspec.configs")
+        search_path.append(provider="initspec", path="pkg://initspec_configs")
