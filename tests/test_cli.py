@@ -1,5 +1,6 @@
 """The initspec command, run as a subprocess: exit codes and output."""
 import json
+import re
 import subprocess
 import sys
 
@@ -52,6 +53,12 @@ def test_overrides_reach_the_spec():
     code, out, _ = run("explain", "initspec=seed_normal", "initspec.rules.weights.init.std=0.5",
                        "initspec.rules.biases=null")
     assert code == 0 and "std=0.5" in out and "reset_parameters()" in out
+    # assigning a dict merges into the old step; delete it first to replace it (DESIGN section 3)
+    code, _, err = run("check", "initspec=seed_normal", "initspec.rules.weights.init={name: zeros}")
+    assert code == 2 and "unknown argument 'std' for step 'zeros'" in err
+    code, out, _ = run("explain", "initspec=seed_normal", "~initspec.rules.weights.init",
+                       "+initspec.rules.weights.init={name: zeros}")
+    assert code == 0 and re.search(r"0\.weight\s*│[^│]*│\s*weights\s*│\s*zeros\s*│", out)
 
 
 def test_apply_writes_a_seed_checkpoint_with_ties(tmp_path):
