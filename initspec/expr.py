@@ -9,6 +9,7 @@ exponent size and magnitude of intermediate results bound its time.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from typing import Any, Callable, Mapping
@@ -80,6 +81,16 @@ def is_expression(value: Any) -> bool:
 
 def evaluate(text: str, names: Mapping[str, Any]) -> float | int:
     """Evaluate ``text`` with ``names`` (numbers, tuples of ints, or lazily raising lookups)."""
+    result = _Walker(text, names).visit(_parse(text).body)
+    if isinstance(result, tuple):
+        raise ExprError(f"expression {text!r} gives a tuple, not a number", "index it, e.g. shape[0]")
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> ast.Expression:
+    """The checked syntax tree of an expression, parsed once per text (planning evaluates
+    the same few expressions for thousands of tensors). Errors are raised, never cached."""
     if len(text) > MAX_LENGTH:
         raise ExprError(f"expression is {len(text)} characters long (limit {MAX_LENGTH})",
                         "split the computation into vars")
@@ -92,10 +103,7 @@ def evaluate(text: str, names: Mapping[str, Any]) -> float | int:
     if nodes > MAX_NODES:
         raise ExprError(f"expression has {nodes} syntax nodes (limit {MAX_NODES})",
                         "simplify it or precompute parts in vars")
-    result = _Walker(text, names).visit(tree.body)
-    if isinstance(result, tuple):
-        raise ExprError(f"expression {text!r} gives a tuple, not a number", "index it, e.g. shape[0]")
-    return result
+    return tree
 
 
 class _Walker:

@@ -4,16 +4,16 @@ Patterns are globs over whole names (``*`` crosses dots), ``re:<regex>``
 (whole-name), or literal names. A :class:`PatternSet` compiles them once:
 
 * literal names go into a dict;
+* names are grouped by *template* (every digit replaced by ``#``): a model
+  with 100k tensors has a few hundred templates;
 * globs made only of non-digit literals and ``*`` cannot tell ``h.3.x`` from
-  ``h.17.x``, so they are matched once per *template* (digit runs replaced
-  by ``#``), and names sharing a template share the answer;
-* globs that start with plain characters (``blocks.3.*``) only meet the
-  names that start with that prefix: a range found by bisection in the
-  sorted names;
-  a regex's leading literal characters count as its prefix;
-* the rest (globs starting with ``*`` that contain digits, ``?`` or ``[``,
-  regexes with no literal prefix) are tested only on names that contain
-  every literal run of the glob.
+  ``h.17.x``, so they are matched once per template, and names sharing a
+  template share the answer;
+* every other glob or regex runs its regex only on the names of templates
+  its *template regex* accepts (its regex with digits read as ``#`` and
+  everything but literals relaxed, built from the stdlib's regex parser);
+  when its literal prefix has digits (``blocks.3.*``), only on the range of
+  the template's sorted names that starts with it (bisection).
 
 100k names x 200 patterns then costs a few dict lookups per name.
 """
@@ -23,12 +23,13 @@ import bisect
 import fnmatch
 import re
 from collections import defaultdict
+from itertools import compress
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .regex_safety import backtracking_hazard
 
-_DIGITS = re.compile(r"\d+")
+_TO_TEMPLATE = str.maketrans("0123456789", "#" * 10)  # a template has "#" for every ASCII digit
 _GLOB_META = re.compile(r"[*?\[]")
 
 
@@ -79,9 +80,28 @@ def compile_pattern(text: str, tag: int) -> Pattern:
 
 
 def _template_safe(pattern: Pattern) -> bool:
+    """A glob of ``*`` and non-digit characters: its answer depends only on the name's template."""
     text = pattern.text
     return (pattern.regex is not None and not text.startswith("re:")
-            and not any(c.isdigit() or c in "?[]" for c in text))
+            and not any(c.isdigit() or c in "?[]#" for c in text))
+
+
+@dataclass(frozen=True)
+class _Screen:
+    """A pattern with what every name it matches must show in its template (digits -> ``#``)."""
+
+    pattern: Pattern
+    prefix: str                     # every name it matches starts with this
+    template: re.Pattern | None     # the template of every name it matches matches this (None: unknown)
+
+    @property
+    def narrows(self) -> bool:
+        """The prefix has digits, so it tells apart names that share a template."""
+        return self.prefix != self.prefix.translate(_TO_TEMPLATE)
+
+
+def _screen(pattern: Pattern) -> _Screen:
+    return _Screen(pattern, _literal_prefix(pattern), _template_regex(pattern.regex.pattern))
 
 
 class PatternSet:
@@ -91,63 +111,98 @@ class PatternSet:
         self.patterns = tuple(patterns)
         self.literal: dict[str, list[int]] = defaultdict(list)
         self.templated: list[Pattern] = []
-        self.prefixed: dict[str, list[Pattern]] = defaultdict(list)
-        self.rest: list[tuple[str, Pattern]] = []
+        self.screened: list[_Screen] = []
         for p in self.patterns:
             if p.literal:
                 self.literal[p.text].append(p.tag)
             elif _template_safe(p):
                 self.templated.append(p)
-            elif (prefix := _literal_prefix(p)):
-                self.prefixed[prefix].append(p)
             else:
-                self.rest.append((_literal_runs(p), p))
+                self.screened.append(_screen(p))
 
     def match(self, names: Sequence[str]) -> list[list[int]]:
         """For each name, the tags of matching patterns (sorted, duplicates removed).
 
         The returned lists may be shared between names: do not mutate them.
 
-        Work is done per pattern group over all names, not per name, so the
-        Python-level cost per name is a few list operations.
+        Names are grouped by template: template-safe globs are answered once per
+        template; every other pattern runs its regex only on the names of the
+        templates its template regex accepts (narrowed by bisection in the
+        template's sorted names when its prefix has digits).
         """
         names = list(names)
-        out: list[list[int]] = [[] for _ in names]
+        none: list[int] = []
+        out = [none] * len(names)  # shared lists: never mutated
+        if not names:
+            return out
+        templates = _templates(names)
+        groups: dict[str, list[int]] = defaultdict(list)   # template -> name indices, in order
+        for i, t in enumerate(templates):
+            groups[t].append(i)
         if self.templated:
-            templates = _DIGITS.sub("#", "\n".join(names)).split("\n") if names else []
-            by_template: dict[str, list[int]] = {}
-            for template in set(templates):
-                by_template[template] = [p.tag for p in self.templated if p.regex.match(template)]
-            out = [by_template[t] for t in templates]  # shared lists: never mutated
+            by_template = {t: [p.tag for p in self.templated if p.regex.match(t)] for t in groups}
+            out = list(map(by_template.__getitem__, templates))
+        group_names: dict[str, list[str]] = {}                 # template -> its names, in order
+        ordered: dict[str, tuple[list[str], list[int]]] = {}  # template -> its names sorted, their indices
+
+        def names_of(t: str) -> list[str]:
+            found = group_names.get(t)
+            if found is None:
+                found = group_names[t] = list(map(names.__getitem__, groups[t]))
+            return found
+
         extra: dict[int, list[int]] = defaultdict(list)
-        if self.literal:
-            index = {name: i for i, name in reversed(list(enumerate(names)))}
-            for text, tags in self.literal.items():
-                if text in index:
-                    extra[index[text]].extend(tags)
-        if self.prefixed:
-            order = sorted(range(len(names)), key=names.__getitem__)
-            ordered = [names[i] for i in order]
-            for prefix, patterns in self.prefixed.items():
-                lo = bisect.bisect_left(ordered, prefix)
-                hi = bisect.bisect_left(ordered, prefix + "\U0010ffff", lo)
-                for j in range(lo, hi):
-                    name = ordered[j]
-                    for p in patterns:
-                        if p.regex.match(name):
-                            extra[order[j]].append(p.tag)
-        for runs, p in self.rest:
-            match = p.regex.match
-            hits = range(len(names))
-            for run in runs:
-                hits = [i for i in hits if run in names[i]]
-            for i in hits:
-                if match(names[i]):
-                    extra[i].append(p.tag)
+        where: dict[str, dict[str, list[int]]] = {}            # template -> its names -> their indices
+        for text, tags in self.literal.items():
+            t = text.translate(_TO_TEMPLATE)
+            if t in groups:
+                if t not in where:
+                    where[t] = _positions(names_of(t), groups[t])
+                for i in where[t].get(text, ()):
+                    extra[i].extend(tags)
+        for screen in self.screened:
+            match, tag, prefix = screen.pattern.regex.match, screen.pattern.tag, screen.prefix
+            for t, members in groups.items():
+                if screen.template is not None and not screen.template.match(t):
+                    continue
+                if screen.narrows and len(members) > 64:
+                    if t not in ordered:
+                        order = sorted(members, key=names.__getitem__)
+                        ordered[t] = (list(map(names.__getitem__, order)), order)
+                    sorted_names, order = ordered[t]
+                    lo = bisect.bisect_left(sorted_names, prefix)
+                    hi = bisect.bisect_left(sorted_names, prefix + "\U0010ffff", lo)
+                    members, candidates = order[lo:hi], sorted_names[lo:hi]
+                else:
+                    candidates = names_of(t)
+                for i in compress(members, map(match, candidates)):  # the regex runs in C; Python sees hits
+                    extra[i].append(tag)
+        merged: dict[tuple, list[int]] = {}  # (answer so far, extra tags) -> one shared merged list
         for i, tags in extra.items():
-            if tags:
-                out[i] = sorted(set(out[i] + tags))
+            key = (id(out[i]), *tags)        # out[i] is a by_template list (alive) or `none`
+            found = merged.get(key)
+            if found is None:
+                found = merged[key] = sorted(set(out[i]).union(tags))
+            out[i] = found
         return out
+
+
+def _positions(names: list[str], indices: list[int]) -> dict[str, list[int]]:
+    """Name -> its indices (a name may occur more than once)."""
+    out = dict(zip(names, map(list, zip(indices))))
+    if len(out) < len(names):
+        out = {}
+        for name, i in zip(names, indices):
+            out.setdefault(name, []).append(i)
+    return out
+
+
+def _templates(names: list[str]) -> list[str]:
+    """Each name with every ASCII digit replaced by ``#`` (one C-level pass over all names)."""
+    joined = "\n".join(names)
+    if joined.count("\n") == len(names) - 1:
+        return joined.translate(_TO_TEMPLATE).split("\n")
+    return [n.translate(_TO_TEMPLATE) for n in names]
 
 
 def _literal_prefix(pattern: Pattern) -> str:
@@ -174,12 +229,40 @@ def _regex_prefix(body: str) -> str:
     return "".join(prefix)
 
 
-def _literal_runs(pattern: Pattern) -> list[str]:
-    """Plain-character runs every match of a glob contains, longest first ([] for regexes)."""
-    if pattern.text.startswith("re:"):
-        return []
-    runs = [r for r in re.split(r"\*|\?|\[[^\]]*\]", pattern.text) if r]
-    return sorted(runs, key=len, reverse=True)
+def _template_regex(regex: str) -> re.Pattern | None:
+    """A regex that the template of every name ``regex`` matches also matches (None if unknown).
+
+    Built from the stdlib parser's view of ``regex``: literals become their template
+    character, any one-character item becomes ``.``, groups keep their content and
+    everything else (repeats, alternatives, anchors, lookarounds) becomes ``.*``.
+    Case-insensitive patterns get no screen.
+    """
+    from re import _constants as c, _parser
+    try:
+        parsed = _parser.parse(regex)
+    except Exception:  # pragma: no cover - the pattern compiled, so it parses
+        return None
+    if parsed.state.flags & re.IGNORECASE:
+        return None
+    one_char = (c.ANY, c.IN, c.NOT_LITERAL)
+    atomic = getattr(c, "ATOMIC_GROUP", None)
+
+    def build(items) -> str:
+        out = []
+        for op, value in items:
+            if op is c.LITERAL:
+                out.append(re.escape(chr(value).translate(_TO_TEMPLATE)))
+            elif op is c.SUBPATTERN and not value[1] & re.IGNORECASE:
+                out.append("(?:" + build(value[3]) + ")")
+            elif atomic is not None and op is atomic:
+                out.append("(?:" + build(value) + ")")
+            elif op in one_char:
+                out.append(".")
+            else:
+                out.append(".*")
+        return "".join(out)
+
+    return re.compile("(?s:" + build(parsed) + ")\\Z")
 
 
 def nearest(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:

@@ -7,13 +7,18 @@ step into primitive ops. Any mistake is reported here, all at once, as one
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import gc
 import json
 import math
-from collections import defaultdict
+import operator
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
 import torch
@@ -182,12 +187,18 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
 
 @contextlib.contextmanager
 def _gc_paused():
+    """No cyclic collection while planning; afterwards the plan's objects (all long-lived) go
+    straight to the oldest generation: re-enabling alone would make the next allocation scan
+    every one of them as young (0.1-0.2 s per 100k tensors)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:  # (a caller that froze objects keeps them frozen)
+                gc.freeze()     # every tracked object to the permanent generation, young count reset
+                gc.unfreeze()   # ... and back into the oldest one: no scan either way
             gc.enable()
 
 
@@ -200,10 +211,68 @@ def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple
 
     rules = list(spec.rules.items())
     slots = tree.tensors
-    slot_names = [s.name for s in slots]
-    selected = _select(rules, tree, slot_names, problems)
+    columns = _columns(slots)
+    slot_names = columns.names
+    selected = _select(rules, tree, slot_names, problems, columns)
     raise_all(problems)
 
+    resets: dict[str, nn.Module] = {}
+    ctx = _Context(dict(spec.vars), tuple(allow_fn), rules)
+    planned = _plan_columns(tree, groups, selected, ctx, columns) or _plan_loop(tree, groups, selected, ctx)
+    entries, tensors, slots_of, uncovered = planned.entries, planned.tensors, planned.slots_of, planned.uncovered
+    matched_count, won_count, failing = planned.matched, planned.won, planned.failing
+    problems += planned.problems
+    problems += [_for_tensors(p, names) for p, names in failing.items()]
+    for r, (rule_name, rule) in enumerate(rules):
+        if matched_count[r] == 0 and spec.strict and not rule.optional:
+            names = slot_names
+            hints = sorted({h for p in rule.match for h in nearest(p, names)})[:3]
+            rooted = [p for p in rule.match if p.startswith("*.") and p[2:] in names]
+            note = (f" ('{rooted[0]}' needs a dot before '{rooted[0][2:]}': a top-level name is matched by "
+                    f"'{rooted[0][2:]}' or '*{rooted[0][2:]}')" if rooted else "")
+            problems.append(Problem(f"{ROOT}.rules.{rule_name}.match",
+                                    f"rule {rule_name!r} ({', '.join(rule.match)}) matches no "
+                                    f"{'parameter or buffer' if rule.buffers else 'parameter'}"
+                                    + (f"; nearest names: {', '.join(hints)}" if hints else "") + note,
+                                    "fix the pattern, set optional: true on the rule, or strict: false"))
+
+    entries, reset_names = _defaults(spec, entries, uncovered, resets, problems)
+    raise_all(problems)
+
+    plan = Plan(
+        seed=spec.seed, streams=spec.streams, entries=tuple(entries), ties=tuple(groups),
+        resets=tuple(reset_names),
+        rules=tuple(RuleSummary(n, tuple(r.match), matched_count[i], won_count[i])
+                    for i, (n, r) in enumerate(rules)),
+        warnings=tuple(_warnings(tree)), spec=spec)
+    layout = Layout(tree, tensors, slots_of, tuple(resets.values()), tuple(reset_names))
+    return plan, layout
+
+
+def _for_tensors(problem: Problem, names: list[str]) -> Problem:
+    """Name the tensors a step problem occurs for (once per problem, not per tensor)."""
+    if all(n in problem.what for n in names):
+        return problem
+    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return Problem(problem.path, f"{problem.what} (for {shown})", problem.fix)
+
+
+class _Planned(NamedTuple):
+    """What planning found per unique tensor (both planners below give exactly the same)."""
+
+    entries: list[Entry]
+    tensors: dict[str, torch.Tensor]
+    slots_of: dict[str, list[TensorSlot]]
+    uncovered: list[tuple[str, TensorSlot]]   # no rule selects them
+    matched: list[int]                        # per rule: tensors it selects
+    won: list[int]                            # per rule: tensors it fills
+    failing: dict[Problem, list[str]]         # a step problem -> the tensors it occurs for
+    problems: list[Problem]                   # pipelines that read values a meta tensor does not have
+
+
+def _plan_loop(tree: Tree, groups: list[TieGroup], selected: list[list[int]], ctx: _Context) -> _Planned:
+    """The reference planner: one unique tensor at a time (what :func:`_plan_columns` must equal)."""
+    rules, slots = ctx.rules, tree.tensors
     rule_names = [name for name, _ in rules]
     rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
     matched_count = [0] * len(rules)
@@ -212,9 +281,8 @@ def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple
     tensors: dict[str, torch.Tensor] = {}
     slots_of: dict[str, list[TensorSlot]] = {}
     uncovered: list[tuple[str, TensorSlot]] = []
-    resets: dict[str, nn.Module] = {}
-    ctx = _Context(dict(spec.vars), tuple(allow_fn), rules)
-    failing: dict[Problem, list[str]] = {}    # a step problem -> the tensors it occurs for
+    problems: list[Problem] = []
+    failing: dict[Problem, list[str]] = {}
     dtype_names: dict[torch.dtype, str] = {}
     tie_of = _tie_membership(groups, tree)
 
@@ -256,53 +324,199 @@ def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple
                 failing.setdefault(p, []).append(name)
             continue
         if ops and is_meta(tensor) and reads_existing(ops):
-            rule_name, rule = rules[winner]
-            problems.append(Problem(step_path(rule_name, rule, 0),
-                                    f"{name!r} has no values yet (meta device) but the pipeline starts with "
-                                    f"{ops[0].kind!r}, which transforms existing values",
-                                    "start the pipeline with a sampler or constant"))
+            problems.append(_reads_meta(name, ops, *rules[winner]))
             continue
         shadowed = (tuple(rule_names[r] for r in candidates if r != winner) + tie_shadowed
                     if len(candidates) > 1 or tie_shadowed else ())
         entries.append(Entry(name, aliases, head.kind, shape, dtype_names[dtype], "fill", rule_names[winner], ops,
                              tie, shadowed, std, staged))
-
-    problems += [_for_tensors(p, names) for p, names in failing.items()]
-    for r, (rule_name, rule) in enumerate(rules):
-        if matched_count[r] == 0 and spec.strict and not rule.optional:
-            names = slot_names
-            hints = sorted({h for p in rule.match for h in nearest(p, names)})[:3]
-            rooted = [p for p in rule.match if p.startswith("*.") and p[2:] in names]
-            note = (f" ('{rooted[0]}' needs a dot before '{rooted[0][2:]}': a top-level name is matched by "
-                    f"'{rooted[0][2:]}' or '*{rooted[0][2:]}')" if rooted else "")
-            problems.append(Problem(f"{ROOT}.rules.{rule_name}.match",
-                                    f"rule {rule_name!r} ({', '.join(rule.match)}) matches no "
-                                    f"{'parameter or buffer' if rule.buffers else 'parameter'}"
-                                    + (f"; nearest names: {', '.join(hints)}" if hints else "") + note,
-                                    "fix the pattern, set optional: true on the rule, or strict: false"))
-
-    entries, reset_names = _defaults(spec, entries, uncovered, resets, problems)
-    raise_all(problems)
-
-    plan = Plan(
-        seed=spec.seed, streams=spec.streams, entries=tuple(entries), ties=tuple(groups),
-        resets=tuple(reset_names),
-        rules=tuple(RuleSummary(n, tuple(r.match), matched_count[i], won_count[i])
-                    for i, (n, r) in enumerate(rules)),
-        warnings=tuple(_warnings(tree)), spec=spec)
-    layout = Layout(tree, tensors, slots_of, tuple(resets.values()), tuple(reset_names))
-    return plan, layout
+    return _Planned(entries, tensors, slots_of, uncovered, matched_count, won_count, failing, problems)
 
 
-def _for_tensors(problem: Problem, names: list[str]) -> Problem:
-    """Name the tensors a step problem occurs for (once per problem, not per tensor)."""
-    if all(n in problem.what for n in names):
-        return problem
-    shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return Problem(problem.path, f"{problem.what} (for {shown})", problem.fix)
+def _reads_meta(name: str, ops: tuple[Op, ...], rule_name: str, rule: Rule) -> Problem:
+    return Problem(step_path(rule_name, rule, 0),
+                   f"{name!r} has no values yet (meta device) but the pipeline starts with "
+                   f"{ops[0].kind!r}, which transforms existing values",
+                   "start the pipeline with a sampler or constant")
 
 
-def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problems: list[Problem]) -> list[list[int]]:
+_ENTRY_FIELDS = ("name", "aliases", "kind", "shape", "dtype", "action", "rule", "ops", "tie", "shadowed",
+                 "expected_std", "staged")
+_KEEP, _FILL, _PER_TENSOR, _READS, _FAILED = range(5)   # what a unique tensor still needs
+
+
+class _OnMiss(dict):
+    """A dict that computes a missing value as ``make(key)``: lookups that hit stay in C."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        value = self[key] = self.make(key)
+        return value
+
+
+class _Decision(NamedTuple):
+    """What happens to every unique tensor of one kind (same candidates, tie candidates, shape, dtype)."""
+
+    action: str
+    rule: str | None
+    ops: tuple[Op, ...]
+    shadowed: tuple[str, ...]
+    std: float | None
+    staged: bool
+    winner: int | None
+    needs: int                      # _KEEP, _FILL, _PER_TENSOR, _READS or _FAILED
+    step_problems: tuple[Problem, ...] = ()
+
+
+class _Columns(NamedTuple):
+    """Per tensor slot, what planning reads from it, each read once for all slots."""
+
+    names: list[str]
+    tensors: list[torch.Tensor]
+    shapes: list[tuple[int, ...]]   # one tuple object per distinct shape
+    dtypes: list[torch.dtype]
+
+
+def _columns(slots: tuple[TensorSlot, ...]) -> _Columns:
+    tensors = list(map(itemgetter(5), slots))
+    shapes = list(map(tuple, map(attrgetter("shape"), tensors)))
+    return _Columns(list(map(itemgetter(0), slots)), tensors, list(map({}.setdefault, shapes, shapes)),
+                    list(map(attrgetter("dtype"), tensors)))
+
+
+def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]], ctx: _Context,
+                  columns: _Columns) -> _Planned | None:
+    """:func:`_plan_loop`, column by column: per unique tensor only C-level ``map``/``zip``.
+
+    Unique tensors with the same candidate rules (``selected`` shares one list per
+    distinct answer), tie candidates, shape and dtype get one decision, made in Python
+    on first sight (so resolution happens in the loop's order); only tensors whose ops
+    depend on their name or layer, or that need a check, are visited one by one.
+    None when ``Entry`` has changed shape (then the loop plans).
+    """
+    if Entry._fields != _ENTRY_FIELDS:
+        return None
+    rules, slots = ctx.rules, tree.tensors
+    rule_names = [name for name, _ in rules]
+    rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
+    depends = [_depends(rule) for _, rule in rules]
+    rows, unit_tensors, members = _unit_rows(slots, groups, tree)
+    n = len(rows)
+    heads = list(map(slots.__getitem__, rows))
+    candidates = list(map(selected.__getitem__, rows))
+    tied: list[tuple[int, ...]] = [()] * n
+    aliases: list[tuple[str, ...]] = [()] * n
+    held = list(map(list, zip(heads)))          # every slot holding the tensor
+    for row, rows_of_tensor in members.items():  # tied or shared tensors: few
+        u = bisect.bisect_left(rows, row)
+        tensor = unit_tensors[u]
+        own = [i for i in rows_of_tensor if slots[i].tensor is tensor]
+        heads[u] = head = slots[own[0]]
+        candidates[u] = sorted({r for i in own for r in selected[i]})
+        tied[u] = tuple(sorted({r for i in rows_of_tensor if slots[i].tensor is not tensor
+                                for r in selected[i]} - set(candidates[u])))
+        aliases[u] = tuple(slots[i].name for i in rows_of_tensor if slots[i] is not head)
+        held[u] = [slots[i] for i in rows_of_tensor]
+    if isinstance(rows, range):   # every slot its own unit
+        names, shapes, dtypes = columns.names, columns.shapes, columns.dtypes
+    else:                         # (a tied target's unit tensor is its source)
+        names = list(map(itemgetter(0), heads))
+        shapes = list(map(tuple, map(attrgetter("shape"), unit_tensors)))
+        shapes = list(map({}.setdefault, shapes, shapes))
+        dtypes = list(map(attrgetter("dtype"), unit_tensors))
+    dtype_names = {d: str(d).removeprefix("torch.") for d in set(dtypes)}
+    keys = list(zip(map(id, candidates), map(id, tied), shapes, dtypes))  # the lists stay alive: stable ids
+    first = dict(zip(reversed(keys), range(n - 1, -1, -1)))
+
+    def resolve(u: int, winner: int, shadowed: tuple[str, ...]) -> _Decision:
+        per_name, per_layer = depends[winner]
+        name = names[u]
+        key = (winner, shapes[u], dtypes[u], name if per_name else None, layer_of(name) if per_layer else None)
+        found = ctx.cache.get(key)
+        if found is None:
+            found = ctx.cache[key] = _resolve_uncached(winner, heads[u], unit_tensors[u], shapes[u], ctx)
+        ops, std, staged, step_problems = found
+        needs = _FAILED if step_problems else _READS if ops and reads_existing(ops) else _FILL
+        return _Decision("fill", rule_names[winner], ops, shadowed, std, staged, winner, needs, tuple(step_problems))
+
+    def decide(key) -> _Decision:
+        u = first[key]
+        tie_shadowed = tuple(f"{rule_names[r]} (tie)" for r in tied[u])
+        if not candidates[u]:
+            return _Decision("keep", None, (), tie_shadowed, None, False, None, _KEEP)
+        winner = max(candidates[u], key=rank.__getitem__)
+        shadowed = tuple(rule_names[r] for r in candidates[u] if r != winner) + tie_shadowed
+        if depends[winner][0] or depends[winner][1]:
+            return _Decision("fill", rule_names[winner], (), shadowed, None, False, winner, _PER_TENSOR)
+        return resolve(u, winner, shadowed)
+
+    decisions = list(map(_OnMiss(decide).__getitem__, keys))
+    needs = list(map(itemgetter(7), decisions))
+    problems: list[Problem] = []
+    failing: dict[Problem, list[str]] = {}
+    dropped = []   # tensors a problem keeps out of the plan
+    for u in compress(range(n), map(_FILL.__lt__, needs)):  # in tensor order
+        decision = decisions[u]
+        if decision.needs == _PER_TENSOR:
+            decision = decisions[u] = resolve(u, decision.winner, decision.shadowed)
+        if decision.needs == _FAILED:
+            for p in decision.step_problems:
+                failing.setdefault(p, []).append(names[u])
+            dropped.append(u)
+        elif decision.needs == _READS and is_meta(unit_tensors[u]):
+            problems.append(_reads_meta(names[u], decision.ops, *rules[decision.winner]))
+            dropped.append(u)
+    matched, won = [0] * len(rules), [0] * len(rules)
+    for key, count in Counter(keys).items():
+        u = first[key]
+        for r in (*candidates[u], *tied[u]):
+            matched[r] += count
+        if decisions[u].winner is not None:
+            won[decisions[u].winner] += count
+    tie_of = _tie_membership(groups, tree)
+    rows_out = zip(names, aliases, map(itemgetter(4), heads), shapes, map(dtype_names.__getitem__, dtypes),
+                   map(itemgetter(0), decisions), map(itemgetter(1), decisions), map(itemgetter(2), decisions),
+                   map(tie_of.get, names) if tie_of else repeat(None), map(itemgetter(3), decisions),
+                   map(itemgetter(4), decisions), map(itemgetter(5), decisions))
+    if dropped:
+        keep = [True] * n
+        for u in dropped:
+            keep[u] = False
+        rows_out = compress(rows_out, keep)
+    entries = list(map(tuple.__new__, repeat(Entry), rows_out))
+    uncovered = [(names[u], heads[u]) for u in compress(range(n), map(_KEEP.__eq__, needs))
+                 if heads[u].kind == "parameter" or is_meta(unit_tensors[u])]
+    return _Planned(entries, dict(zip(names, unit_tensors)), dict(zip(names, held)), uncovered, matched, won,
+                    failing, problems)
+
+
+def _unit_rows(slots, groups: list[TieGroup], tree: Tree):
+    """:func:`_units` by columns: the first slot row of every unique tensor, the tensors, and
+    for tensors held by several slots, their first row -> all their rows."""
+    tensors = list(map(itemgetter(5), slots))
+    replaced = {}
+    for group in groups:
+        for target, source in group.tensor_map(tree).items():
+            replaced[target] = tree.by_tensor_name[source].tensor
+    if replaced:
+        tensors = list(map(replaced.get, map(itemgetter(0), slots), tensors))
+    ids = list(map(id, tensors))
+    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))
+    if len(first) == len(ids):
+        return range(len(ids)), tensors, {}
+    firsts = list(map(first.__getitem__, ids))
+    rows = list(compress(range(len(ids)), map(operator.eq, firsts, range(len(ids)))))
+    members: dict[int, list[int]] = {}
+    for i in compress(range(len(ids)), map(operator.ne, firsts, range(len(ids)))):
+        members.setdefault(firsts[i], [firsts[i]]).append(i)
+    return rows, list(map(tensors.__getitem__, rows)), members
+
+
+def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problems: list[Problem],
+            columns: _Columns | None = None) -> list[list[int]]:
     """For each tensor slot, the rules (by index) whose match/exclude/module/ndim/buffers admit it."""
     match_patterns, exclude_patterns = [], []
     for r, (rule_name, rule) in enumerate(rules):
@@ -320,36 +534,27 @@ def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problem
     excluded = PatternSet(exclude_patterns).match(names) if exclude_patterns else None
     needs_filter = [bool(rule.module or rule.ndim) for _, rule in rules]
     buffers_ok = [rule.buffers for _, rule in rules]
-    # Tensors with the same tags, excludes and kind (and owner class and ndim where a rule
-    # filters on them) get one shared answer list: ~10 distinct answers per 100k tensors.
-    admitted: dict[tuple, tuple[list[int], tuple[int, ...], bool]] = {}
-    filtered: dict[tuple, list[int]] = {}
-    out: list[list[int]] = []
-    for i, slot in enumerate(tree.tensors):
-        tags = matched[i]
-        if not tags:
-            out.append(tags)
-            continue
+    slots = tree.tensors
+    # What admits a tensor depends only on its tag lists (shared between names: match() gives
+    # one list per distinct answer), kind, owner class, ndim and floating-pointness: one answer
+    # per distinct combination, computed on first sight, looked up in C for the other tensors.
+    columns = columns or _columns(slots)
+    keys = list(zip(map(id, matched), map(id, excluded) if excluded is not None else repeat(0),
+                    map(itemgetter(4), slots), map(type, map(itemgetter(2), map(itemgetter(2), slots))),
+                    map(len, columns.shapes), columns.dtypes))
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+
+    def admit(key) -> list[int]:
+        i = first[key]
+        tags, slot = matched[i], slots[i]
         is_buffer = slot.kind == "buffer"
-        if is_buffer and not slot.tensor.is_floating_point():
-            out.append([])
-            continue
-        key = (tuple(tags), tuple(excluded[i]) if excluded is not None else (), is_buffer)
-        found = admitted.get(key)
-        if found is None:
-            base = [r for r in tags if not (is_buffer and not buffers_ok[r]) and r not in key[1]]
-            picky = tuple(r for r in base if needs_filter[r])
-            found = admitted[key] = (base, picky, any(rules[r][1].ndim for r in picky))
-        base, picky, by_ndim = found
-        if not picky:
-            out.append(base)
-            continue
-        where = (key, type(slot.owner.module), slot.tensor.dim() if by_ndim else None)
-        keep = filtered.get(where)
-        if keep is None:
-            keep = filtered[where] = [r for r in base if r not in picky or _filters_pass(rules[r][1], slot)]
-        out.append(keep)
-    return out
+        if not tags or (is_buffer and not slot.tensor.is_floating_point()):
+            return []
+        out = excluded[i] if excluded is not None else ()
+        return [r for r in tags if not (is_buffer and not buffers_ok[r]) and r not in out
+                and not (needs_filter[r] and not _filters_pass(rules[r][1], slot))]
+
+    return list(map(_OnMiss(admit).__getitem__, keys))  # shared lists: never mutated
 
 
 def _filters_pass(rule: Rule, slot: TensorSlot) -> bool:
@@ -382,17 +587,24 @@ def _resolve(winner: int, head: TensorSlot, tensor: torch.Tensor, shape: tuple[i
     """
     depends = ctx.keys.get(winner)
     if depends is None:
-        rule = ctx.rules[winner][1]
-        uses_layer = any(isinstance(v, str) and "layer" in v for s in rule.init for v in _arg_values(s))
-        per_name = any(s.fn is not None or STEPS[s.name].custom or s.name in ("checkpoint", "padding_zero")
-                       for s in rule.init)
-        depends = ctx.keys[winner] = (per_name, uses_layer)
+        depends = ctx.keys[winner] = _depends(ctx.rules[winner][1])
     key = (winner, shape, tensor.dtype, head.name if depends[0] else None,
            layer_of(head.name) if depends[1] else None)
     cached = ctx.cache.get(key)
     if cached is None:
         cached = ctx.cache[key] = _resolve_uncached(winner, head, tensor, shape, ctx)
     return cached
+
+
+_LAYER_NAME = re.compile(r"\blayer\b")
+
+
+def _depends(rule: Rule) -> tuple[bool, bool]:
+    """Whether a rule's ops can differ by tensor name, and by layer (beyond shape and dtype)."""
+    per_name = any(s.fn is not None or STEPS[s.name].custom or s.name in ("checkpoint", "padding_zero")
+                   for s in rule.init)
+    uses_layer = any(isinstance(v, str) and _LAYER_NAME.search(v) for s in rule.init for v in _arg_values(s))
+    return per_name, uses_layer
 
 
 def _resolve_uncached(winner: int, head: TensorSlot, tensor: torch.Tensor, shape: tuple[int, ...],

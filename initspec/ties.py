@@ -65,6 +65,8 @@ def expand_ties(spec: Spec, tree: Tree) -> tuple[list[TieGroup], list[Problem]]:
     """Resolve every tie group of ``spec`` against ``tree``; problems instead of raising."""
     groups: list[TieGroup] = []
     problems: list[Problem] = []
+    if not spec.ties:
+        return groups, problems
     modules = [m for m in tree.by_module_name if m]
     params = [n for n, s in tree.by_tensor_name.items() if s.kind == "parameter"]
     everything = modules + params

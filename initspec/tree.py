@@ -7,8 +7,9 @@ however it is wrapped. ``module.`` is dropped only below a DDP/DataParallel.
 """
 from __future__ import annotations
 
+import functools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -44,8 +45,16 @@ class Tree:
     modules: tuple[ModuleSlot, ...]
     tensors: tuple[TensorSlot, ...]
     unregistered: tuple[str, ...] = ()   # tensor attributes that are not parameters/buffers
-    by_module_name: dict[str, ModuleSlot] = field(default_factory=dict)
-    by_tensor_name: dict[str, TensorSlot] = field(default_factory=dict)
+
+    @functools.cached_property
+    def by_module_name(self) -> dict[str, ModuleSlot]:
+        """Canonical name -> first slot of that module (built on first use: only ties need it)."""
+        return _first_by_name(self.modules)
+
+    @functools.cached_property
+    def by_tensor_name(self) -> dict[str, TensorSlot]:
+        """Canonical name -> first slot of that tensor (built on first use)."""
+        return _first_by_name(self.tensors)
 
 
 def _is_data_parallel(module: nn.Module) -> bool:
@@ -62,40 +71,54 @@ def walk(model: nn.Module) -> Tree:
     tensors: list[TensorSlot] = []
     unregistered: list[str] = []
     Tensor = torch.Tensor
-    stack: list[tuple[ModuleSlot, int]] = [(ModuleSlot("", "", model, None, ""), 0)]
-    while stack:
-        slot, depth = stack.pop()
-        if depth > 256:
-            continue
-        modules.append(slot)
-        module = slot.module
-        name, path = slot.name, slot.path
+    new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (2x faster walk)
+    add_module, add_tensor = modules.append, tensors.append
+
+    def visit(slot: ModuleSlot, depth: int) -> None:
+        add_module(slot)
+        name, path, module = slot[0], slot[1], slot[2]
         prefix, real = (name + "." if name else ""), (path + "." if path else "")
+        same = prefix == real   # no wrapper hidden above: canonical and real names coincide
         for attr, tensor in module._parameters.items():
             if tensor is not None:
-                tensors.append(TensorSlot(prefix + attr, real + attr, slot, attr, "parameter", tensor))
-        for attr, tensor in module._buffers.items():
-            if tensor is not None:
-                tensors.append(TensorSlot(prefix + attr, real + attr, slot, attr, "buffer", tensor))
+                full = prefix + attr
+                add_tensor(new(TensorSlot, (full, full if same else real + attr, slot, attr, "parameter", tensor)))
+        if module._buffers:
+            for attr, tensor in module._buffers.items():
+                if tensor is not None:
+                    full = prefix + attr
+                    add_tensor(new(TensorSlot, (full, full if same else real + attr, slot, attr, "buffer", tensor)))
         state = module.__dict__
-        loose = [attr for attr in state.keys() - _MODULE_KEYS if attr[0] != "_" and isinstance(state[attr], Tensor)]
-        if loose:
-            unregistered += [f"{prefix}{attr} ({type(module).__name__}.{attr})" for attr in loose]
-        children = []
-        data_parallel = "module" in module._modules and _is_data_parallel(module)
-        for attr, child in module._modules.items():
+        extra = state.keys() - _MODULE_KEYS
+        if extra:
+            loose = [attr for attr in extra if attr[0] != "_" and isinstance(state[attr], Tensor)]
+            if loose:
+                unregistered.extend(f"{prefix}{attr} ({type(module).__name__}.{attr})" for attr in loose)
+        children = module._modules
+        if not children or depth >= 256:
+            return
+        data_parallel = "module" in children and _is_data_parallel(module)
+        for attr, child in children.items():
             if child is None:
                 continue
             hidden = attr in WRAPPER_CHILDREN or (data_parallel and attr == "module")
-            children.append((ModuleSlot(name if hidden else prefix + attr, real + attr, child, path, attr), depth + 1))
-        stack.extend(reversed(children))
-    by_module: dict[str, ModuleSlot] = {}
-    for m in modules:
-        by_module.setdefault(m.name, m)
-    by_tensor: dict[str, TensorSlot] = {}
-    for t in tensors:
-        by_tensor.setdefault(t.name, t)
-    return Tree(tuple(modules), tuple(tensors), tuple(unregistered), by_module, by_tensor)
+            full = real + attr
+            visit(new(ModuleSlot, (name if hidden else full if same else prefix + attr, full, child, path, attr)),
+                  depth + 1)
+
+    visit(ModuleSlot("", "", model, None, ""), 0)
+    return Tree(tuple(modules), tuple(tensors), tuple(unregistered))
+
+
+def _first_by_name(slots: tuple) -> dict:
+    """Name -> first slot of that name, in order of first appearance."""
+    out = dict(zip([s[0] for s in slots], slots))
+    if len(out) == len(slots):  # no repeated names (the usual case): one C-level pass
+        return out
+    out = {}
+    for s in slots:
+        out.setdefault(s[0], s)
+    return out
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""Planning fast paths give exactly what their plain counterparts give.
+
+* ``_plan_columns`` (per-tensor work in C-level map/zip) equals ``_plan_loop``
+  (one tensor at a time) on random module trees x random specs and on fixed cases
+  with ties, shared modules, per-layer expressions, step problems and meta tensors;
+* ``walk`` equals a plain recursive walk;
+* ``PatternSet`` (templates, template regexes, bisection) equals the naive loop on
+  names full of digits, ``#``, non-ASCII digits, classes and regex alternatives.
+"""
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import random
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from torch import nn
+
+import initspec
+from initspec import InitSpecError
+from initspec.match import PatternError, PatternSet, compile_pattern
+from initspec.models.gpt import gpt_tiny
+from initspec.tree import _MODULE_KEYS, WRAPPER_CHILDREN, walk
+from initspec.ties import expand_ties
+from test_properties import SETTINGS, build, cases
+
+plan_module = importlib.import_module("initspec.plan")
+
+
+def _comparable(planned):
+    """Ops are compared by what they are (each planner resolves its own Op objects)."""
+    entries = [e._replace(ops=tuple((o.kind, dict(o.args), o.label, o.fn, o.origin) for o in e.ops))
+               for e in planned.entries]
+    return (entries, list(planned.tensors.items()), list(planned.slots_of.items()), planned.uncovered,
+            planned.matched, planned.won, list(planned.failing.items()), planned.problems)
+
+
+def both_planners(model: nn.Module, spec) -> int | None:
+    """Plan with both planners; None when planning stops before them (bad spec, ties, selection)."""
+    try:
+        spec = initspec.load_spec(spec)
+    except InitSpecError:
+        return None
+    tree = walk(model)
+    groups, problems = expand_ties(spec, tree)
+    rules = list(spec.rules.items())
+    columns = plan_module._columns(tree.tensors)
+    selected = plan_module._select(rules, tree, columns.names, problems, columns)
+    if problems:
+        return None
+    by_columns = plan_module._plan_columns(tree, groups, selected, plan_module._Context(dict(spec.vars), (), rules),
+                                           columns)
+    by_loop = plan_module._plan_loop(tree, groups, selected, plan_module._Context(dict(spec.vars), (), rules))
+    assert by_columns is not None, "the column planner declined (Entry changed? update _ENTRY_FIELDS)"
+    assert _comparable(by_columns) == _comparable(by_loop)
+    return len(by_loop.entries)
+
+
+@SETTINGS
+@given(cases())
+def test_column_planner_equals_loop_on_random_trees_and_specs(case):
+    blueprint, spec, meta = case
+    both_planners(build(blueprint, meta), spec)
+
+
+class Deep(nn.Module):
+    def __init__(self, n: int = 6):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)) for _ in range(n))
+        self.shared = self.layers[2]                # one module under two names
+        self.head = nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4))
+
+
+DEPTH_SPEC = {
+    "rules": {
+        "w": {"match": "*.weight", "ndim": 2, "init": {"name": "normal", "std": "0.02 / sqrt(layer + 1)"}},
+        "b": {"match": "*.bias", "init": "zeros"},
+        "ln": {"match": "*.1.weight", "module": "LayerNorm", "init": "ones"},
+        "scale": {"match": "scale", "buffers": True, "init": {"name": "constant", "value": 2}},
+        "late": {"match": "re:layers\\.[3-5]\\..*", "priority": 1, "init": {"name": "uniform", "a": -1, "b": 1}},
+    },
+    "default": "keep", "strict": False,
+}
+
+
+@pytest.mark.parametrize("case", [
+    (gpt_tiny, {"rules": {}, "default": "keep", "strict": False}),
+    (gpt_tiny, "gpt2"),
+    (Deep, DEPTH_SPEC),
+    (Deep, {**DEPTH_SPEC, "ties": {"albert": ["layers.0", "layers.*"]}}),
+    (Deep, {**DEPTH_SPEC, "ties": {"heads": ["head.weight", "layers.0.0.weight"]}}),
+    (Deep, {"rules": {"x": {"match": "*", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}}}}),  # step problems
+    (Deep, {"rules": {"x": {"match": "*weight", "init": {"name": "scale", "by": 2}}}}),            # reads a meta tensor
+])
+@pytest.mark.parametrize("meta", [False, True])
+def test_column_planner_equals_loop_on_fixed_cases(case, meta):
+    make, spec = case
+    if spec == "gpt2":
+        spec = initspec.load_spec("gpt2", vars={"n_layer": 2})
+    with torch.device("meta" if meta else "cpu"):
+        model = make()
+    assert both_planners(model, spec)
+
+
+def reference_walk(model: nn.Module):
+    """walk, written plainly: (canonical name, real name, kind) of every tensor slot, and loose tensors."""
+    tensors, loose = [], []
+
+    def visit(module, name, path, depth):
+        prefix, real = (name + "." if name else ""), (path + "." if path else "")
+        for kind, store in (("parameter", module._parameters), ("buffer", module._buffers)):
+            tensors.extend((prefix + a, real + a, kind, t) for a, t in store.items() if t is not None)
+        loose.extend(sorted(f"{prefix}{a} ({type(module).__name__}.{a})" for a, v in vars(module).items()
+                            if a not in _MODULE_KEYS and a[0] != "_" and isinstance(v, torch.Tensor)))
+        if depth >= 256:
+            return
+        dp = isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+        for a, child in module._modules.items():
+            if child is not None:
+                hidden = a in WRAPPER_CHILDREN or (dp and a == "module")
+                visit(child, name if hidden else prefix + a, real + a, depth + 1)
+
+    visit(model, "", "", 0)
+    return tensors, loose
+
+
+class Compiled(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self._orig_mod = inner
+        self.mask = torch.zeros(3)      # a loose tensor attribute
+
+
+@pytest.mark.parametrize("make", [gpt_tiny, Deep, lambda: Compiled(Deep()),
+                                  lambda: nn.DataParallel(nn.Sequential(nn.Linear(2, 2), Compiled(nn.BatchNorm1d(2))))])
+def test_walk_equals_reference(make):
+    model = make()
+    tree = walk(model)
+    tensors, loose = reference_walk(model)
+    assert [(s.name, s.path, s.kind, s.tensor) for s in tree.tensors] == tensors
+    assert sorted(tree.unregistered) == sorted(loose)
+    assert all(tree.by_tensor_name[s.name] is next(t for t in tree.tensors if t.name == s.name) for s in tree.tensors)
+
+
+def naive(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name, re.S) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+PIECES = ["h", "layers", "0", "1", "12", "3", "007", "٣", "#", "w2", "ln_1", "a#1", "x", "weight", "bias", "10"]
+PATTERNS = ["*", "*.weight", "h.*.w2.*", "h.1*", "h.?.*", "h.??.*", "*.[01].*", "*[!0-9].weight", "*#*", "*.#.*",
+            "h.1?.x", "*٣*", "layers.*.ln_1.*", "*.0.*.bias", "re:h\\.\\d+\\..*", "re:(?:h|layers)\\.1.*",
+            "re:.*(?i:WEIGHT)", "re:.*\\.(0|12)\\.w2.*", "re:h\\.[0-9]{2}\\..*", "re:[^.]*\\.1\\..*", "re:a#1.*",
+            "re:.*0\\Z", "h.[0-9]*", "*.0?.*", "*[#]*", "layers.00*"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_patternset_equals_naive_on_digit_heavy_names(seed):
+    rng = random.Random(seed)
+    names = sorted({".".join(rng.choice(PIECES) for _ in range(rng.randint(1, 5))) for _ in range(600)})
+    names += names[:5]                                  # repeated names too
+    texts = PATTERNS + [rng.choice(names) for _ in range(10)] + \
+        [".".join("*" if rng.random() < 0.3 else p for p in rng.choice(names).split(".")) for _ in range(20)]
+    compiled = []
+    for i, text in enumerate(texts):
+        try:
+            compiled.append(compile_pattern(text, i))
+        except PatternError:
+            continue
+    got = PatternSet(compiled).match(names)
+    for name, tags in zip(names, got):
+        expected = sorted({c.tag for c in compiled if naive(c.text, name)})
+        assert tags == expected, (name, [texts[t] for t in set(tags) ^ set(expected)])
