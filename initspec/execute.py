@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InitSpecError, Problem
-from .kernels import RNG_LOCK, run_block, run_whole
+from .kernels import RNG_LOCK, rows_exact, run_block, run_rows, run_whole
 from .ops import needs_whole, reads_existing, starts_custom
 from .plan import Entry, Layout, Plan
 from .spec import ROOT
@@ -170,6 +170,9 @@ def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Call
     for chunk, c0, c1 in chunk_ranges(shape, r0, r1):
         if direct_ok and c0 >= r0 and c1 <= r1:
             tasks.append(((c1 - c0), _direct(entry, view[c0 - r0:c1 - r0], chunk, c0, stream)))
+        elif direct_ok and rows_exact(entry.ops, dtype, stream.device):   # a chunk the shard cuts
+            lo, hi = max(c0, r0), min(c1, r1)
+            tasks.append(((hi - lo), _rows(entry, view[lo - r0:hi - r0], chunk, c0, c1, lo, stream)))
         else:
             tasks.append(((c1 - c0), _via_block(entry, view, region, chunk, c0, c1, stream, dtype)))
     row = max(1, view[0].numel()) if view.dim() else 1
@@ -179,6 +182,13 @@ def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Call
 def _direct(entry: Entry, buf: torch.Tensor, chunk: int, row0: int, stream: Stream) -> Callable[[], None]:
     def fill() -> None:
         run_block(entry.ops, buf, chunk, row0, stream)
+    return fill
+
+
+def _rows(entry: Entry, buf: torch.Tensor, chunk: int, c0: int, c1: int, lo: int,
+          stream: Stream) -> Callable[[], None]:
+    def fill() -> None:
+        run_rows(entry.ops, buf, chunk, c0, c1, lo, stream)
     return fill
 
 

@@ -176,3 +176,53 @@ def test_patternset_equals_naive_on_digit_heavy_names(seed):
     for name, tags in zip(names, got):
         expected = sorted({c.tag for c in compiled if naive(c.text, name)})
         assert tags == expected, (name, [texts[t] for t in set(tags) ^ set(expected)])
+
+
+# ------------------------------------------------- shards that cut a stream chunk
+
+from initspec.execute import Region, fill_tasks, run_tasks   # noqa: E402
+from initspec.kernels import _draws_exact, rows_exact, run_block, run_rows   # noqa: E402
+from initspec.ops import op   # noqa: E402
+from initspec.streams import Stream, rows_per_chunk   # noqa: E402
+
+PIPELINES = [
+    (op("normal", mean=0.0, std=0.02),),
+    (op("normal", mean=1.0, std=2.0), op("scale", by=3.0)),
+    (op("uniform", a=-10.0, b=10.0), op("zero_below", threshold=5.0)),
+    (op("trunc_normal", mean=0.0, std=1.0, a=-2.0, b=2.0),),
+    (op("constant", value=2.0), op("padding_zero", index=3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_partial_draws_are_exact_on_this_torch(dtype):
+    assert all(_draws_exact(kind, dtype) for kind in ("normal", "uniform", "trunc_normal"))
+
+
+@pytest.mark.parametrize("ops", PIPELINES, ids=lambda ops: "+".join(o.kind for o in ops))
+@pytest.mark.parametrize("rows,width", [(1365, 768), (341, 3072), (1024, 768), (45, 7), (33, 1)])
+def test_rows_of_a_chunk_equal_the_whole_chunk(ops, rows, width):
+    stream = Stream(3, "blocks.0.w")
+    full = torch.empty(rows, width)
+    run_block(ops, full, 2, 100, stream)
+    for lo, hi in [(0, rows // 2), (rows // 2, rows), (rows // 3, rows // 3 + 1), (1, rows - 1), (rows - 1, rows)]:
+        part = torch.empty(max(hi - lo, 0), width)
+        run_rows(ops, part, 2, 100, 100 + rows, 100 + lo, stream)
+        assert torch.equal(part, full[lo:hi]), (lo, hi)
+
+
+@pytest.mark.parametrize("shape", [(3072, 768), (50, 21000), (100_001,), (7, 3, 5)])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_row_shards_equal_slices_of_the_whole_fill(shape, ranks):
+    """What each FSDP2 Shard(0) rank fills (here without processes) is its slice of the whole."""
+    entry = plan_module.Entry("w", (), "parameter", shape, "float32", "fill", "r", PIPELINES[1])
+    plan = plan_module.Plan(seed=1, streams="portable", entries=(entry,), ties=(), resets=(), rules=())
+    whole = torch.empty(shape)
+    run_tasks(fill_tasks(entry, Region(whole, (0,) * len(shape), shape), plan), 1)
+    step = -(-shape[0] // ranks)
+    assert rows_per_chunk(shape) % step and step % rows_per_chunk(shape), "the shards must cut chunks"
+    for r0 in range(0, shape[0], step):
+        local = torch.empty((min(step, shape[0] - r0), *shape[1:]))
+        run_tasks(fill_tasks(entry, Region(local, (r0,) + (0,) * (len(shape) - 1), shape), plan), 2)
+        assert torch.equal(local, whole[r0:r0 + step])
+    assert rows_exact(PIPELINES[1], torch.float32, torch.device("cpu"))
