@@ -233,8 +233,8 @@ def _template_regex(regex: str) -> re.Pattern | None:
     """A regex that the template of every name ``regex`` matches also matches (None if unknown).
 
     Built from the stdlib parser's view of ``regex``: literals become their template
-    character, any one-character item becomes ``.``, groups keep their content and
-    everything else (repeats, alternatives, anchors, lookarounds) becomes ``.*``.
+    character, any one-character item becomes ``.``, groups and alternatives keep their
+    structure and everything else (repeats, anchors, lookarounds) becomes ``.*``.
     Case-insensitive patterns get no screen.
     """
     from re import _constants as c, _parser
@@ -256,6 +256,8 @@ def _template_regex(regex: str) -> re.Pattern | None:
                 out.append("(?:" + build(value[3]) + ")")
             elif atomic is not None and op is atomic:
                 out.append("(?:" + build(value) + ")")
+            elif op is c.BRANCH:
+                out.append("(?:" + "|".join(build(branch) for branch in value[1]) + ")")
             elif op in one_char:
                 out.append(".")
             else:

@@ -16,6 +16,7 @@ import math
 import operator
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter
@@ -129,8 +130,8 @@ class Layout:
     """Internal: the plan's entries bound to the live model (for the executor)."""
 
     tree: Tree
-    tensors: dict[str, torch.Tensor]          # entry name -> tensor (as it is before apply)
-    slots: dict[str, list[TensorSlot]]        # entry name -> every slot holding it after tying
+    tensors: Mapping[str, torch.Tensor]       # entry name -> tensor (as it is before apply)
+    slots: Mapping[str, list[TensorSlot]]     # entry name -> every slot holding it after tying
     reset_modules: tuple[nn.Module, ...]
     reset_names: tuple[str, ...]
 
@@ -261,8 +262,8 @@ class _Planned(NamedTuple):
     """What planning found per unique tensor (both planners below give exactly the same)."""
 
     entries: list[Entry]
-    tensors: dict[str, torch.Tensor]
-    slots_of: dict[str, list[TensorSlot]]
+    tensors: Mapping[str, torch.Tensor]
+    slots_of: Mapping[str, list[TensorSlot]]
     uncovered: list[tuple[str, TensorSlot]]   # no rule selects them
     matched: list[int]                        # per rule: tensors it selects
     won: list[int]                            # per rule: tensors it fills
@@ -382,9 +383,14 @@ class _Columns(NamedTuple):
 
 def _columns(slots: tuple[TensorSlot, ...]) -> _Columns:
     tensors = list(map(itemgetter(5), slots))
-    shapes = list(map(tuple, map(attrgetter("shape"), tensors)))
-    return _Columns(list(map(itemgetter(0), slots)), tensors, list(map({}.setdefault, shapes, shapes)),
-                    list(map(attrgetter("dtype"), tensors)))
+    return _Columns(list(map(itemgetter(0), slots)), tensors, _shapes(tensors), list(map(attrgetter("dtype"), tensors)))
+
+
+def _shapes(tensors: list[torch.Tensor]) -> list[tuple[int, ...]]:
+    """Each tensor's shape as a tuple; one tuple object per distinct shape."""
+    sizes = list(map(attrgetter("shape"), tensors))
+    as_tuple = {size: tuple(size) for size in dict.fromkeys(sizes)}
+    return list(map(as_tuple.__getitem__, sizes))
 
 
 def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]], ctx: _Context,
@@ -409,7 +415,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
     candidates = list(map(selected.__getitem__, rows))
     tied: list[tuple[int, ...]] = [()] * n
     aliases: list[tuple[str, ...]] = [()] * n
-    held = list(map(list, zip(heads)))          # every slot holding the tensor
+    held: dict[int, list[TensorSlot]] = {}      # every slot holding the tensor, where more than its head
     for row, rows_of_tensor in members.items():  # tied or shared tensors: few
         u = bisect.bisect_left(rows, row)
         tensor = unit_tensors[u]
@@ -424,8 +430,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
         names, shapes, dtypes = columns.names, columns.shapes, columns.dtypes
     else:                         # (a tied target's unit tensor is its source)
         names = list(map(itemgetter(0), heads))
-        shapes = list(map(tuple, map(attrgetter("shape"), unit_tensors)))
-        shapes = list(map({}.setdefault, shapes, shapes))
+        shapes = _shapes(unit_tensors)
         dtypes = list(map(attrgetter("dtype"), unit_tensors))
     dtype_names = {d: str(d).removeprefix("torch.") for d in set(dtypes)}
     keys = list(zip(map(id, candidates), map(id, tied), shapes, dtypes))  # the lists stay alive: stable ids
@@ -489,8 +494,26 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
     entries = list(map(tuple.__new__, repeat(Entry), rows_out))
     uncovered = [(names[u], heads[u]) for u in compress(range(n), map(_KEEP.__eq__, needs))
                  if heads[u].kind == "parameter" or is_meta(unit_tensors[u])]
-    return _Planned(entries, dict(zip(names, unit_tensors)), dict(zip(names, held)), uncovered, matched, won,
-                    failing, problems)
+    index = dict(zip(names, range(n)))
+    return _Planned(entries, _ByName(index, unit_tensors.__getitem__),
+                    _ByName(index, lambda u: held.get(u) or [heads[u]]), uncovered, matched, won, failing, problems)
+
+
+class _ByName(Mapping):
+    """Unique tensor name -> ``value(unit)``, through one name index shared by the layout's maps
+    (two 100k-entry dicts and 100k one-slot lists fewer per plan)."""
+
+    def __init__(self, index: dict[str, int], value: Callable[[int], Any]):
+        self.index, self.value = index, value
+
+    def __getitem__(self, name: str) -> Any:
+        return self.value(self.index[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def _unit_rows(slots, groups: list[TieGroup], tree: Tree):
