@@ -84,6 +84,7 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
     undo_materialize: list = []
     undo_resets: list = []
     try:
+        _check_sharded_ties(plan, layout)
         fresh = {e.name for e in entries if is_meta(layout.tensors[e.name])}
         undo_materialize = _materialize(layout, entries, device)
         undo_resets = _resets(plan, layout)
@@ -117,6 +118,26 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
         raise
 
 
+def _check_sharded_ties(plan: Plan, layout: Layout) -> None:
+    """A tie FSDP2 does not already know cannot be made after ``fully_shard``: each side is
+    its own FSDP2 parameter, re-registered (untied) on every unshard."""
+    if not plan.ties or not any(hasattr(m.module, "_get_fsdp_state") for m in layout.tree.modules):
+        return
+    problems = []
+    for group in plan.ties:
+        for target, source in group.tensor_map(layout.tree).items():
+            new, old = layout.tree.by_tensor_name[source].tensor, layout.tree.by_tensor_name[target].tensor
+            if old is not new and (is_dtensor(old) or is_dtensor(new)):
+                problems.append(Problem(f"{ROOT}.ties.{group.name}",
+                                        f"{target!r} and {source!r} were sharded by fully_shard as two parameters; "
+                                        "tying them now would be undone by FSDP2 on every forward",
+                                        "tie before sharding: initspec.distributed.tie(model, spec) on the meta "
+                                        "model, then fully_shard (keep the tied modules in one fully_shard group)"))
+                break
+    if problems:
+        raise InitSpecError(problems)
+
+
 def default_threads() -> int:
     """Threads for chunk filling: torch's intra-op setting (torchrun sets OMP_NUM_THREADS)."""
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
@@ -140,8 +161,12 @@ def stream_of(plan: Plan, entry: Entry, device: torch.device) -> Stream:
     return Stream(plan.seed, entry.name, gen_device)
 
 
-def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Callable[[], None]]]:
-    """Tasks that write ``entry``'s values into ``region.local``."""
+def fill_tasks(entry: Entry, region: Region, plan: Plan, fresh: bool = False) -> list[tuple[int, Callable[[], None]]]:
+    """Tasks that write ``entry``'s values into ``region.local``.
+
+    ``fresh``: the tensor had no values before this apply (materialized from meta), so a
+    custom function first starts from zeros of the global shape, sharded or not.
+    """
     target = region.local
     if target.numel() == 0:
         return []
@@ -150,12 +175,16 @@ def fill_tasks(entry: Entry, region: Region, plan: Plan) -> list[tuple[int, Call
     shape = region.global_shape or (1,)
     if needs_whole(entry.ops):
         def whole() -> None:
-            if reads_existing(entry.ops) or starts_custom(entry.ops):
-                full = target.detach().to(stream.device, dtype, copy=True)
+            if starts_custom(entry.ops) and fresh:
+                full = torch.zeros(shape, dtype=dtype, device=stream.device)
+            elif reads_existing(entry.ops) or starts_custom(entry.ops):
                 if not region.full:
                     raise InitSpecError(entry.ops[0].origin or ROOT,
                                         f"{entry.name!r} is sharded, and a whole-tensor pipeline that reads the "
-                                        "current values cannot run on a shard", "start the pipeline with a sampler")
+                                        "current values cannot run on a shard",
+                                        "start the pipeline with a sampler, or build the model on the meta device "
+                                        "(a custom function then starts from zeros)")
+                full = target.detach().to(stream.device, dtype, copy=True)
             else:
                 full = torch.empty(shape, dtype=dtype, device=stream.device)
             run_whole(entry.ops, full, stream)
@@ -261,40 +290,80 @@ def _materialize(layout: Layout, entries: list[Entry], device: Any) -> list:
     if device is None:
         raise InitSpecError("device", f"{len(meta)} tensor(s) are on the meta device (e.g. {meta[0].name!r}) "
                             "and no device was given", "pass device='cpu' (or 'cuda') to apply()")
+    return materialize([(e.name, layout.tensors[e.name], layout.slots[e.name]) for e in meta], device, layout.tree)
+
+
+def materialize(items: list[tuple[str, torch.Tensor, list[TensorSlot]]], device: Any, tree: Any) -> list:
+    """Give each meta tensor of ``items`` (name, tensor, every slot holding it) storage on
+    ``device``, once, keeping every slot on one object; returns undo records for ``_restore``.
+
+    Meta DTensor parameters are filled in place (``swap_tensors``); other tensors are
+    replaced by new ones in every slot that held them.
+    """
     device = torch.device(device)
-    if any(is_dtensor(layout.tensors[e.name]) for e in meta):
-        return _materialize_dtensors(layout, meta, device)
-    undo = []
-    with torch.no_grad():
-        for entry in meta:
-            old = layout.tensors[entry.name]
-            new = torch.empty(old.shape, dtype=old.dtype, device=device)
-            if isinstance(old, nn.Parameter):
-                new = nn.Parameter(new, requires_grad=old.requires_grad)
-            for slot in layout.slots[entry.name]:
-                if live_tensor(slot) is old:
-                    undo.append((slot, old))
-                    _set(slot, new)
+    undo: list = []
+    try:
+        with torch.no_grad():
+            for name, old, slots in items:
+                if is_dtensor(old) and isinstance(old, nn.Parameter):
+                    if not undo or not isinstance(undo[0], _FsdpRefresh):
+                        undo.insert(0, _FsdpRefresh(tree))   # restored last: after the swaps are undone
+                    undo.append(_swap_in(name, old, device))
+                    continue
+                new = (torch.empty_like(old, device=device) if is_dtensor(old)
+                       else torch.empty(old.shape, dtype=old.dtype, device=device))
+                if isinstance(old, nn.Parameter):
+                    new = nn.Parameter(new, requires_grad=old.requires_grad)
+                for slot in slots:
+                    if live_tensor(slot) is old:
+                        undo.append((slot, old))
+                        _set(slot, new)
+            if undo and isinstance(undo[0], _FsdpRefresh):
+                _refresh_fsdp(tree)
+    except BaseException:
+        _restore(undo)
+        raise
     return undo
 
 
-def _materialize_dtensors(layout: Layout, meta: list[Entry], device: torch.device) -> list:
-    """FSDP2/DTensor models: ``to_empty`` on the root (FSDP2 re-registers its sharded
-    parameters), then restore the sharing that materialization broke."""
-    if len(meta) != len(layout.tensors):
-        raise InitSpecError("device", "the model mixes meta and materialized DTensors",
-                            "build the whole model on the meta device before fully_shard")
-    undo = [(slot, live_tensor(slot)) for slot in layout.tree.tensors]
-    before = {id(slot): tensor for slot, tensor in undo}
-    layout.tree.modules[0].module.to_empty(device=device)
-    for entry in meta:
-        old = layout.tensors[entry.name]
-        own = [s for s in layout.slots[entry.name] if before[id(s)] is old]
-        head = next((s for s in own if s.name == entry.name), own[0])
-        for slot in own:
-            if slot is not head:
-                _set(slot, live_tensor(head))
-    return undo
+@dataclass(frozen=True)
+class _Swap:
+    """Undo record: ``tensor`` holds what ``other`` held before (swap back to undo)."""
+
+    tensor: torch.Tensor
+    other: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _FsdpRefresh:
+    """Undo record: let FSDP2 re-read its parameters after the swaps are undone."""
+
+    tree: Any
+
+
+def _swap_in(name: str, old: nn.Parameter, device: torch.device) -> _Swap:
+    """Give a meta DTensor parameter local storage on ``device`` *in place* (``swap_tensors``,
+    as ``Module.to_empty`` does for DTensors): the object stays the same, so ties, FSDP2's
+    bookkeeping and optimizers that already hold it stay valid."""
+    new = nn.Parameter(torch.empty_like(old, device=device), requires_grad=old.requires_grad)
+    try:
+        torch.utils.swap_tensors(old, new)
+    except RuntimeError as exc:
+        raise InitSpecError("device", f"cannot materialize the meta DTensor {name!r} in place: {exc}",
+                            "drop other references to the meta parameter (e.g. an autograd graph) before apply") from None
+    return _Swap(old, new)
+
+
+def _refresh_fsdp(tree: Any) -> None:
+    """FSDP2 keeps a padded copy of each shard; after materializing, re-register the shards
+    (what FSDP2's own ``Module._apply`` hook does after ``to_empty``)."""
+    for slot in tree.modules:
+        state = getattr(slot.module, "_get_fsdp_state", None)
+        if state is None:
+            continue
+        for group in getattr(state(), "_fsdp_param_groups", ()):
+            for fsdp_param in group.fsdp_params:
+                fsdp_param.reset_sharded_param()
 
 
 def _set(slot: TensorSlot, tensor: torch.Tensor) -> None:
@@ -306,7 +375,14 @@ def _set(slot: TensorSlot, tensor: torch.Tensor) -> None:
 
 
 def _restore(undo: list) -> None:
-    for slot, old in reversed(undo):
+    for record in reversed(undo):
+        if isinstance(record, _Swap):
+            torch.utils.swap_tensors(record.tensor, record.other)
+            continue
+        if isinstance(record, _FsdpRefresh):
+            _refresh_fsdp(record.tree)
+            continue
+        slot, old = record
         if isinstance(slot, TensorSlot):
             _set(slot, old)
         elif isinstance(slot, dict):  # (a module's _parameters/_buffers, its saved entries)
@@ -361,7 +437,7 @@ def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int,
             temp = torch.empty_like(region.local)
         temp_region = Region(temp, region.offset, region.global_shape)
         try:
-            run_tasks(fill_tasks(entry, temp_region, plan), threads)
+            run_tasks(fill_tasks(entry, temp_region, plan, fresh=entry.name in fresh), threads)
         except InitSpecError:
             raise
         except Exception as exc:
