@@ -4,6 +4,7 @@
     report = initspec.apply(model, "seed_custom", seed=0)   # preset name, YAML path, dict or DictConfig
     print(report.explain())
 """
+from . import distributed
 from .api import apply, load_spec, plan
 from .builder import build, meta_parameters
 from .catalog import STEPS, register_step, unregister_step

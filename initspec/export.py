@@ -15,15 +15,20 @@ from torch import nn
 
 from .errors import InitSpecError
 from .plan import Plan
-from .tree import walk
+from .tree import is_dtensor, is_meta, walk
 
 ALIASES_KEY = "initspec.aliases"
 TIES_KEY = "initspec.tie_groups"
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, plan: Plan | None = None) -> dict[str, list[str]]:
-    """Write every unique tensor of ``model`` to ``path``; returns {canonical name: aliases}."""
+    """Write every unique tensor of ``model`` to ``path``; returns {canonical name: aliases}.
+
+    Sharded (DTensor) tensors are gathered, so under ``torch.distributed`` every rank must
+    call it; rank 0 writes the file and all ranks return once it exists.
+    """
     from safetensors.torch import save_file
+    from .distributed import rank_and_world
     tree = walk(model)
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, list[str]] = {}
@@ -35,13 +40,21 @@ def save_checkpoint(model: nn.Module, path: str | Path, plan: Plan | None = None
             continue
         first[key] = slot.name
         aliases[slot.name] = []
-        tensor = slot.tensor.full_tensor() if hasattr(slot.tensor, "full_tensor") else slot.tensor
+        if is_meta(slot.tensor):
+            raise InitSpecError("model", f"{slot.name!r} is on the meta device: there are no values to save",
+                                "initialize the model first (initspec.apply(model, spec, device=...))")
+        tensor = slot.tensor.full_tensor() if is_dtensor(slot.tensor) else slot.tensor
         tensors[slot.name] = tensor.detach().contiguous().cpu()
     metadata = {ALIASES_KEY: json.dumps({k: v for k, v in aliases.items() if v})}
     if plan is not None:
         metadata[TIES_KEY] = json.dumps(plan.tie_groups)
         metadata["initspec.seed"] = str(plan.seed)
-    save_file(tensors, str(path), metadata=metadata)
+    rank, world = rank_and_world()
+    if rank == 0:
+        save_file(tensors, str(path), metadata=metadata)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
     return aliases
 
 
@@ -52,53 +65,109 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {k: (json.loads(v) if k in (ALIASES_KEY, TIES_KEY) else v) for k, v in raw.items()}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
+def tie_aliases(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Make the names a seed checkpoint records as aliases one object in ``model``
+    (before ``fully_shard``, on a meta model); returns {canonical name: aliases}."""
+    aliases: dict[str, list[str]] = read_metadata(path).get(ALIASES_KEY, {})
+    tree = walk(model)
+    slots = {s.name: s for s in tree.tensors}
+    sharded = any(hasattr(m.module, "_get_fsdp_state") for m in tree.modules)
+    for name, others in aliases.items():
+        if name not in slots:
+            continue
+        source = slots[name]
+        for alias in others:
+            target = slots.get(alias)
+            if target is None or target.tensor is source.tensor:
+                continue
+            if sharded and (is_dtensor(target.tensor) or is_dtensor(source.tensor)):
+                raise InitSpecError("checkpoint", f"{path} ties {alias!r} to {name!r}, but fully_shard already "
+                                    "sharded them as two parameters (FSDP2 would untie them on every forward)",
+                                    "tie before sharding: initspec.distributed.tie(model, path) on the meta model, "
+                                    "then fully_shard, then load_checkpoint")
+            store = target.owner.module._parameters if target.kind == "parameter" else target.owner.module._buffers
+            store[target.attr] = source.tensor
+    return {k: list(v) for k, v in aliases.items() if k in slots}
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True, device: Any = None) -> nn.Module:
     """Copy a seed checkpoint into ``model`` and restore the ties it records.
 
     Tied names in the file become one ``Parameter`` in the model (the
-    canonical one) before values are copied.
+    canonical one) before values are copied. Tensors on the meta device get
+    storage on ``device`` first (once per unique tensor; DTensor parameters in
+    place). A sharded model reads only its local slice of each tensor. If
+    anything is wrong, the model is left as it was.
     """
     from safetensors import safe_open
-    tree = walk(model)
-    meta = read_metadata(path)
-    aliases: dict[str, list[str]] = meta.get(ALIASES_KEY, {})
-    slots = {s.name: s for s in tree.tensors}
-    with torch.no_grad():
-        for name, others in aliases.items():
-            if name not in slots:
-                continue
-            source = slots[name]
-            for alias in others:
-                target = slots.get(alias)
-                if target is None or target.tensor is source.tensor:
-                    continue
-                store = target.owner.module._parameters if target.kind == "parameter" else target.owner.module._buffers
-                store[target.attr] = source.tensor
+    from .execute import _restore, materialize
+    from .sources import header
+    from .catalog import StepArgError
+    try:
+        on_file = header(str(path), "safetensors")
+    except StepArgError as exc:
+        raise InitSpecError("checkpoint", exc.what, exc.fix) from None
+    undo_ties: list = []
+    before = walk(model)
+    for slot in before.tensors:
+        undo_ties.append((slot, slot.tensor))
+    undo: list = []
+    try:
+        tie_aliases(model, path)
         tree = walk(model)
+        aliases = read_metadata(path).get(ALIASES_KEY, {})
         slots = {s.name: s for s in tree.tensors}
-        with safe_open(str(path), framework="pt") as f:
-            keys = set(f.keys())
-            expected = {s.name for s in tree.tensors if not any(s.name in v for v in aliases.values())}
-            missing = sorted(expected - keys)
-            if strict and missing:
-                raise InitSpecError("checkpoint", f"{path} lacks {len(missing)} tensor(s): {', '.join(missing[:5])}",
-                                    "save it from the same model configuration")
-            for key in sorted(keys):
-                if key not in slots:
-                    if strict:
-                        raise InitSpecError("checkpoint", f"{path} holds {key!r}, which the model does not have",
-                                            "load it into the model it was saved from, or strict=False")
-                    continue
-                _copy_into(slots[key].tensor, f, key)
+        tied = {a for v in aliases.values() for a in v}
+        expected = {s.name for s in tree.tensors if s.name not in tied}
+        missing = sorted(expected - set(on_file))
+        if strict and missing:
+            raise InitSpecError("checkpoint", f"{path} lacks {len(missing)} tensor(s): {', '.join(missing[:5])}",
+                                "save it from the same model configuration")
+        extra = sorted(set(on_file) - set(slots))
+        if strict and extra:
+            raise InitSpecError("checkpoint", f"{path} holds {extra[0]!r}, which the model does not have",
+                                "load it into the model it was saved from, or strict=False")
+        keys = sorted(set(on_file) & set(slots))
+        for key in keys:
+            if on_file[key][0] != tuple(slots[key].tensor.shape):
+                raise InitSpecError("checkpoint", f"{key!r} has shape {list(on_file[key][0])} in {path} but "
+                                    f"{list(slots[key].tensor.shape)} in the model", "load into the same model configuration")
+        meta: dict[int, tuple[str, torch.Tensor, list]] = {}
+        for slot in tree.tensors:
+            if is_meta(slot.tensor):
+                meta.setdefault(id(slot.tensor), (slot.name, slot.tensor, []))[2].append(slot)
+        unfilled = [n for n, _, _ in meta.values() if n not in keys]
+        if unfilled:
+            raise InitSpecError("checkpoint", f"{unfilled[0]!r} is on the meta device and {path} has no values for it",
+                                "initialize it with initspec.apply, or load a checkpoint that holds it")
+        if meta:
+            if device is None:
+                raise InitSpecError("device", f"{len(meta)} tensor(s) are on the meta device and no device was given",
+                                    "pass device='cpu' (or 'cuda') to load_checkpoint()")
+            undo = materialize(list(meta.values()), device, tree)
+        slots = {s.name: live for s in tree.tensors for live in [_live(s)]}
+        with torch.no_grad(), safe_open(str(path), framework="pt") as f:
+            for key in keys:
+                _copy_into(slots[key], f, key)
+    except BaseException:
+        _restore(undo)
+        for slot, tensor in reversed(undo_ties):
+            store = slot.owner.module._parameters if slot.kind == "parameter" else slot.owner.module._buffers
+            store[slot.attr] = tensor
+        raise
     return model
 
 
+def _live(slot) -> torch.Tensor:
+    store = slot.owner.module._parameters if slot.kind == "parameter" else slot.owner.module._buffers
+    return store[slot.attr]
+
+
 def _copy_into(tensor: torch.Tensor, handle: Any, key: str) -> None:
-    """Copy a file tensor into a (possibly sharded) model tensor, reading only the local rows."""
+    """Copy a file tensor into a (possibly sharded) model tensor, reading only the local slice."""
     from .execute import region_of
     region = region_of(tensor)
-    if tuple(handle.get_slice(key).get_shape()) != region.global_shape:
-        raise InitSpecError("checkpoint", f"{key!r} has shape {handle.get_slice(key).get_shape()} in the file but "
-                            f"{list(region.global_shape)} in the model", "load into the same model configuration")
+    if region.local.numel() == 0:
+        return
     part = handle.get_slice(key)[region.slices()] if region.global_shape else handle.get_tensor(key)
     region.local.copy_(part.reshape(region.local.shape))
