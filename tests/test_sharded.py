@@ -1,0 +1,428 @@
+"""Sharded init on real process groups (gloo, CPU): FSDP2 Shard(0), Replicate, Shard(1).
+
+One spawn per world size runs every scenario on every rank; rank 0 saves the
+gathered ``full_tensor()`` of each parameter and every rank saves what it drew
+and read. The parent compares against single-process init with the same spec
+and seed, bitwise. World size 1 runs the same code in a spawned process too.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import save_file
+from torch import nn
+
+import initspec
+from initspec.models.gpt import gpt_tiny
+from initspec.streams import rows_per_chunk
+
+TIMEOUT = {1: 60, 2: 90, 4: 120}   # seconds per spawn (imports dominate: ~5 s of CPU per rank)
+
+
+# ------------------------------------------------------------------ models and specs
+
+class Wide(nn.Module):
+    """Tensors larger than one stream chunk with uneven rows, and one per whole-tensor step."""
+
+    def __init__(self):
+        super().__init__()
+        self.big = nn.Linear(2100, 1000)                 # 2.1M values: 499 rows per chunk
+        self.vec = nn.Parameter(torch.empty(2_500_000))  # 1-D: 2**20 values per chunk
+        self.emb = nn.Embedding(1001, 24, padding_idx=3)
+        self.orth = nn.Linear(48, 48)
+        self.eye = nn.Linear(40, 30)
+        self.sparse = nn.Linear(20, 50)
+        self.conv = nn.Conv2d(6, 9, 3)
+        self.custom = nn.Linear(16, 33)
+        self.legacy = nn.Linear(12, 35)
+        self.ckpt = nn.Linear(64, 77)
+        self.maybe = nn.Linear(8, 21)
+
+
+def plain_fill(tensor: torch.Tensor, value: float = 0.5) -> None:
+    """A custom initializer without a ``generator`` argument (runs on a seeded, forked global RNG)."""
+    with torch.no_grad():
+        tensor.add_(torch.rand(tensor.shape, dtype=tensor.dtype) * value)
+
+
+def wide_spec(ckpt: str) -> dict:
+    return {"seed": 11, "rules": {
+        "weights": {"match": "*.weight", "init": {"name": "kaiming_uniform", "a": 5 ** 0.5}},
+        "biases": {"match": "*.bias", "init": {"name": "uniform", "a": -0.1, "b": 0.1}},
+        "big": {"match": "big.weight", "init": {"name": "trunc_normal", "std": 0.02}},
+        "vec": {"match": "vec", "init": [{"name": "normal", "std": 1.0}, {"name": "scale", "by": 0.5},
+                                         {"name": "add", "value": 0.1}]},
+        "emb": {"match": "emb.weight", "init": [{"name": "normal"}, "padding_zero"]},
+        "orth": {"match": "orth.weight", "init": {"name": "orthogonal", "gain": 2.0}},
+        "eye": {"match": "eye.weight", "init": "eye"},
+        "sparse": {"match": "sparse.weight", "init": {"name": "sparse", "sparsity": 0.3, "std": 0.1}},
+        "dirac": {"match": "conv.weight", "init": {"name": "dirac", "groups": 3}},
+        "custom": {"match": "custom.weight", "init": {"fn": "torch.nn.init.kaiming_normal_", "mode": "fan_out"}},
+        "legacy": {"match": "legacy.weight", "init": {"fn": "test_sharded.plain_fill", "value": 0.25}},
+        "ckpt": {"match": "*.weight", "priority": 1, "exclude": ["big.weight", "vec", "emb.weight", "orth.weight",
+                                                                 "eye.weight", "sparse.weight", "conv.weight",
+                                                                 "custom.weight", "legacy.weight"],
+                 "init": [{"name": "checkpoint", "path": ckpt, "key": "src.{name}", "missing": "init"},
+                          {"name": "normal", "std": 3.0}]},
+    }}
+
+
+class TP(nn.Module):
+    """Layers for tensor-parallel layouts: Shard(1) (uneven columns, over a chunk), Replicate, Shard(0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.col = nn.Linear(1001, 300)     # weight Shard(1): 1001 columns over 2 or 4 ranks
+        self.wide = nn.Linear(2100, 1000)   # weight Shard(1), larger than a chunk
+        self.rep = nn.Linear(64, 64)        # Replicate
+        self.row = nn.Linear(70, 999)       # weight Shard(0)
+        self.orth = nn.Linear(60, 60)       # whole-tensor step on Shard(1)
+
+
+TP_SPEC = {"seed": 5, "rules": {
+    "w": {"match": "*.weight", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}},
+    "b": {"match": "*.bias", "init": {"name": "uniform", "a": -1, "b": 1}},
+    "orth": {"match": "orth.weight", "init": {"name": "orthogonal"}},
+}}
+TP_PLACEMENTS = {"col.weight": "S1", "wide.weight": "S1", "rep.weight": "R", "rep.bias": "R",
+                 "row.weight": "S0", "row.bias": "S0", "orth.weight": "S1"}   # others: Replicate
+
+GPT_SPEC = {"seed": 7, "rules": {
+    "w": {"match": "*.weight", "ndim": 2, "init": {"name": "normal", "std": 0.02}},
+    "proj": {"match": "transformer.h.*.c_proj.weight", "init": {"name": "normal", "std": "0.02 / sqrt(4)"}},
+    "b": {"match": "*.bias", "init": "zeros"},
+    "ln": {"match": "*.ln_*.weight", "init": "ones"},
+}}
+FLAW_SHAPE = (1000, 64)
+
+
+# ------------------------------------------------------------------ rank side
+
+def _worker(rank: int, world: int, port: int, out: str, files: dict) -> None:
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        import torch.distributed as dist
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+        result = _scenarios(rank, world, files)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
+        raise
+
+
+def _gather(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+
+
+def _scenarios(rank: int, world: int, files: dict) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    import initspec.kernels as kernels
+    import initspec.streams as streams
+
+    mesh = init_device_mesh("cpu", (world,))
+    out: dict = {"rank": rank}
+
+    # FSDP2 Shard(0) on a meta build: record every chunk drawn and every checkpoint row read
+    drawn, reads = [], []
+    generator, read_rows = streams.Stream.generator, kernels.read_rows
+
+    def recording_generator(self, step, chunk):
+        drawn.append((self.name, step, chunk))
+        return generator(self, step, chunk)
+
+    def recording_read(o, r0, r1):
+        reads.append((o["key"], r0, r1))
+        return read_rows(o, r0, r1)
+
+    with torch.device("meta"):
+        wide = Wide()
+    fully_shard(wide.big, mesh=mesh)
+    fully_shard(wide, mesh=mesh)
+    ids = {n: id(p) for n, p in wide.named_parameters()}
+    streams.Stream.generator, kernels.read_rows = recording_generator, recording_read
+    start = time.perf_counter()
+    try:
+        initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
+    finally:
+        streams.Stream.generator, kernels.read_rows = generator, read_rows
+    out["wide_seconds"] = time.perf_counter() - start
+    out["wide_same_objects"] = all(id(p) == ids[n] for n, p in wide.named_parameters())
+    out["wide_local_rows"] = {n: (p.to_local().shape[0], p.shape[0]) for n, p in wide.named_parameters()}
+    out["drawn"], out["reads"] = drawn, reads
+    initspec.save_checkpoint(wide, files["saved"])   # gathers on every rank, rank 0 writes
+    out["wide"] = _gather(wide)
+
+    # Tensor parallel: Shard(1) / Replicate / Shard(0), built on meta and built for real
+    for label, device in (("tp_meta", "meta"), ("tp_live", "cpu")):
+        torch.manual_seed(rank)   # a live build starts from different values on every rank
+        with torch.device(device):
+            tp = TP()
+        for name, param in list(tp.named_parameters()):
+            layout = TP_PLACEMENTS.get(name, "R")
+            placement = {"S0": Shard(0), "S1": Shard(1), "R": Replicate()}[layout]
+            module_name, _, attr = name.rpartition(".")
+            setattr(tp.get_submodule(module_name), attr, nn.Parameter(distribute_tensor(param, mesh, [placement])))
+        initspec.apply(tp, TP_SPEC, device="cpu" if device == "meta" else None)
+        out[label] = _gather(tp)
+        out[label + "_local"] = {n: tuple(p.to_local().shape) for n, p in tp.named_parameters()}
+
+    # The CPU-mesh flaw: every rank seeded alike (as launchers do), then a DTensor's own normal_()
+    plain = distribute_tensor(torch.zeros(FLAW_SHAPE), mesh, [Shard(0)])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain.normal_()
+    out["flaw_plain"] = plain.full_tensor()
+    holder = nn.Module()
+    with torch.device("meta"):
+        holder.w = nn.Parameter(torch.empty(FLAW_SHAPE))
+    fully_shard(holder, mesh=mesh)
+    torch.manual_seed(0)
+    initspec.apply(holder, {"seed": 0, "rules": {"w": {"match": "w", "init": "normal"}}}, device="cpu")
+    out["flaw_initspec"] = holder.w.full_tensor()
+
+    # Tied embedding / output under FSDP2: one object after apply, and it trains
+    with torch.device("meta"):
+        gpt = gpt_tiny(vocab_size=1001)
+    for block in gpt.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(gpt, mesh=mesh)   # wte and lm_head share the root group
+    initspec.apply(gpt, GPT_SPEC, device="cpu")
+    out["gpt"] = _gather(gpt)
+    out["gpt_tied_after_apply"] = gpt.lm_head.weight is gpt.transformer.wte.weight
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
+    data = torch.randint(0, 1001, (4, 17), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(6):
+        logits = gpt(data[:, :-1])
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    out["gpt_losses"] = losses
+    out["gpt_tied_after_training"] = gpt.lm_head.weight is gpt.transformer.wte.weight
+    out["gpt_names"] = [n for n, _ in gpt.named_parameters()]
+    out["gpt_trained"] = _gather(gpt)
+
+    # Seed checkpoint (written by `initspec apply --out`): ties from its metadata, then shard, then load
+    with torch.device("meta"):
+        seeded = gpt_tiny(tie_embeddings=False)
+    groups = initspec.distributed.tie(seeded, files["seed"])
+    for block in seeded.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(seeded, mesh=mesh)
+    initspec.load_checkpoint(seeded, files["seed"], device="cpu")
+    out["seed_groups"] = groups
+    out["seed_tied"] = seeded.lm_head.weight is seeded.transformer.wte.weight
+    out["seed"] = _gather(seeded)
+
+    # ... and sharded before tying: a clear error, the model still on meta
+    with torch.device("meta"):
+        late = gpt_tiny(tie_embeddings=False)
+    fully_shard(late, mesh=mesh)
+    try:
+        initspec.load_checkpoint(late, files["seed"], device="cpu")
+        out["late_error"] = None
+    except initspec.InitSpecError as exc:
+        out["late_error"] = str(exc)
+    out["late_meta"] = all(p.is_meta for p in late.parameters())
+    out["late_untied"] = late.lm_head.weight is not late.transformer.wte.weight
+    return out
+
+
+# ------------------------------------------------------------------ parent side
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(world: int, out: Path, files: dict) -> list[dict]:
+    """Run the scenarios on ``world`` gloo ranks; each rank's results (or its traceback)."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world, port, str(out), files)) for r in range(world)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + TIMEOUT[world]
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join()
+    errors = [f.read_text() for f in sorted(out.glob("rank*.err"))]
+    assert not errors, errors[0]
+    assert not alive, f"{len(alive)} rank(s) still running after {TIMEOUT[world]} s"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _files(tmp: Path) -> dict:
+    src = tmp / "src.safetensors"
+    g = torch.Generator().manual_seed(3)
+    save_file({"src.ckpt.weight": torch.randn(77, 64, generator=g),    # present; maybe.weight is not
+               "src.other": torch.randn(3, generator=g)}, str(src))
+    seed = tmp / "seed.safetensors"
+    from initspec.cli import main
+    assert main(["apply", "--out", str(seed), "model=gpt_tiny", "initspec=gpt2", "--seed", "5"]) == 0
+    return {"src": str(src), "seed": str(seed), "saved": str(tmp / "saved.safetensors")}
+
+
+def _reference_wide(files: dict) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        model = Wide()
+    initspec.apply(model, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def _reference(model: nn.Module, spec: dict) -> dict[str, torch.Tensor]:
+    initspec.apply(model, spec, device="cpu")
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def _shards(full: torch.Tensor, world: int, dim: int = 0) -> list[torch.Tensor]:
+    return list(torch.chunk(full, world, dim=dim))
+
+
+@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda w: f"world{w}")
+def run(request, tmp_path_factory):
+    world = request.param
+    tmp = tmp_path_factory.mktemp(f"world{world}")
+    files = _files(tmp)
+    start = time.perf_counter()
+    results = spawn(world, tmp, files)
+    return {"world": world, "files": files, "ranks": results, "seconds": time.perf_counter() - start}
+
+
+def _assert_equal(got: dict, want: dict, what: str) -> None:
+    assert got.keys() == want.keys(), what
+    bad = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not bad, f"{what}: {bad} differ from single-process init"
+
+
+def test_fsdp2_shard0_equals_single_process(run):
+    world, rank0 = run["world"], run["ranks"][0]
+    want = _reference_wide(run["files"])
+    _assert_equal(rank0["wide"], want, "FSDP2 Wide")
+    for r in run["ranks"]:
+        assert r["wide_same_objects"], "materialization replaced Parameter objects"
+        local, rows = r["wide_local_rows"]["big.weight"]
+        assert rows == 1000 and local == len(torch.arange(1000).chunk(world)[r["rank"]])
+
+
+def test_each_rank_draws_only_the_chunks_its_rows_overlap(run):
+    world = run["world"]
+    for name, shape in (("big.weight", (1000, 2100)), ("vec", (2_500_000,))):
+        step = rows_per_chunk(shape)
+        for r in run["ranks"]:
+            rows = torch.arange(shape[0]).chunk(world)[r["rank"]]
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            want = set(range(lo // step, (hi - 1) // step + 1))
+            got = {c for n, s, c in r["drawn"] if n == name}
+            assert got == want, (name, r["rank"], got, want)
+    if world > 1:   # the chunks straddle shard boundaries: some are drawn (in part) by two ranks
+        counts = [c for r in run["ranks"] for n, _, c in r["drawn"] if n == "big.weight"]
+        assert len(counts) > len(set(counts))
+
+
+def test_checkpoint_source_reads_only_local_rows(run):
+    world = run["world"]
+    want = _reference_wide(run["files"])
+    from safetensors import safe_open
+    with safe_open(run["files"]["src"], framework="pt") as f:
+        assert torch.equal(want["ckpt.weight"], f.get_tensor("src.ckpt.weight"))
+    assert not torch.equal(want["maybe.weight"], torch.zeros(21, 8))   # missing: init fell back to normal
+    assert abs(float(want["maybe.weight"].std()) - 3.0) < 1.0
+    covered = set()
+    for r in run["ranks"]:
+        rows = torch.arange(77).chunk(world)[r["rank"]]
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        reads = [(a, b) for key, a, b in r["reads"] if key == "src.ckpt.weight"]
+        assert reads and all(lo <= a < b <= hi for a, b in reads), (r["rank"], reads, lo, hi)
+        covered |= {i for a, b in reads for i in range(a, b)}
+        assert all(key == "src.ckpt.weight" for key, _, _ in r["reads"])   # the absent key is never read
+    assert covered == set(range(77))
+
+
+def test_tensor_parallel_shard1_and_replicate_equal_single_process(run):
+    world, rank0 = run["world"], run["ranks"][0]
+    want = _reference(TP(), TP_SPEC)
+    _assert_equal(rank0["tp_meta"], want, "TP built on meta")
+    _assert_equal(rank0["tp_live"], want, "TP built for real")
+    for r in run["ranks"]:
+        cols = torch.arange(1001).chunk(world)[r["rank"]]
+        assert r["tp_meta_local"]["col.weight"] == (300, len(cols))
+        assert r["tp_meta_local"]["rep.weight"] == (64, 64)
+        assert r["tp_meta_local"]["row.weight"][0] == len(torch.arange(999).chunk(world)[r["rank"]])
+
+
+def test_cpu_mesh_flaw_of_plain_normal_is_fixed(run):
+    world, rank0 = run["world"], run["ranks"][0]
+    with torch.device("meta"):
+        holder = nn.Module()
+        holder.w = nn.Parameter(torch.empty(FLAW_SHAPE))
+    want = _reference(holder, {"seed": 0, "rules": {"w": {"match": "w", "init": "normal"}}})["w"]
+    assert torch.equal(rank0["flaw_initspec"], want)
+    plain, ours = _shards(rank0["flaw_plain"], world), _shards(rank0["flaw_initspec"], world)
+    for i in range(1, world):
+        assert torch.equal(plain[i], plain[0]), "torch's DTensor normal_ on a CPU mesh no longer repeats shards"
+        assert not torch.equal(ours[i], ours[0])
+        assert not torch.equal(ours[i][:10], ours[0][:10])
+
+
+def test_tied_embedding_stays_one_parameter_and_trains(run):
+    with torch.device("meta"):
+        model = gpt_tiny(vocab_size=1001)
+    want = _reference(model, GPT_SPEC)
+    for r in run["ranks"]:
+        assert r["gpt_tied_after_apply"] and r["gpt_tied_after_training"]
+        assert "lm_head.weight" not in r["gpt_names"] and "transformer.wte.weight" in r["gpt_names"]
+        losses = r["gpt_losses"]
+        assert losses[-1] < losses[0] - 0.05, losses
+        assert r["gpt_losses"] == run["ranks"][0]["gpt_losses"]   # one model, seen from every rank
+    _assert_equal(run["ranks"][0]["gpt"], want, "FSDP2 GPT")
+    trained = run["ranks"][0]["gpt_trained"]["transformer.wte.weight"]
+    assert not torch.equal(trained, want["transformer.wte.weight"])
+
+
+def test_seed_checkpoint_from_cli_loads_sharded_with_ties(run):
+    from safetensors import safe_open
+    rank0 = run["ranks"][0]
+    assert rank0["seed_groups"] == {"transformer.wte.weight": ["lm_head.weight"]}
+    with safe_open(run["files"]["seed"], framework="pt") as f:
+        file = {k: f.get_tensor(k) for k in f.keys()}
+    for r in run["ranks"]:
+        assert r["seed_tied"]
+    file["lm_head.weight"] = file["transformer.wte.weight"]
+    got = rank0["seed"]
+    assert set(got) | {"lm_head.weight"} == set(file)
+    assert all(torch.equal(got[k], file[k]) for k in got)
+    for r in run["ranks"]:   # sharded before the ties were made: refused, the model left on meta
+        assert r["late_error"] and "initspec.distributed.tie" in r["late_error"], r["late_error"]
+        assert r["late_meta"] and r["late_untied"]
+
+
+def test_save_checkpoint_gathers_sharded_model(run):
+    from safetensors import safe_open
+    want = _reference_wide(run["files"])
+    with safe_open(run["files"]["saved"], framework="pt") as f:
+        assert set(f.keys()) == set(want)
+        assert all(torch.equal(f.get_tensor(k), want[k]) for k in want)
+
+
+def test_spawn_time_bounded(run):
+    assert run["seconds"] < TIMEOUT[run["world"]]
