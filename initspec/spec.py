@@ -334,4 +334,16 @@ def _from_pydantic(err: dict) -> Problem:
                "init": "add init: <step> (e.g. zeros or {name: normal, std: 0.02})"}.get(loc[-1], "add it")
         return Problem(path, f"required key {loc[-1]!r} is missing", fix)
     message = err["msg"].removeprefix("Value error, ")
-    return Problem(path, message if "(got " in message else f"{message} (got {given!r})", "")
+    return Problem(path, message if "(got " in message else f"{message} (got {given!r})", _type_fix(err))
+
+
+def _type_fix(err: dict) -> str:
+    """How to fix a value pydantic refused for its type or its allowed values."""
+    kind = err["type"]
+    if kind == "literal_error" and "expected" in err.get("ctx", {}):
+        return f"use {err['ctx']['expected']}"
+    for prefix, fix in (("int", "give an integer"), ("bool", "give true or false"), ("float", "give a number"),
+                        ("string", "give a string"), ("dict", "give a mapping"), ("list", "give a list")):
+        if kind.startswith(prefix):
+            return fix
+    return ""
