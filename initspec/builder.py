@@ -62,6 +62,24 @@ def meta_parameters():
                 nn.Module.register_parameter = original
 
 
+def checked_device(device: Any) -> torch.device:
+    """``device`` as a torch.device this process can allocate on, else an InitSpecError."""
+    try:
+        result = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InitSpecError("device", f"{device!r} is not a device: {str(exc).splitlines()[0]}",
+                            "use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from None
+    if result.type == "meta":
+        raise InitSpecError("device", "build() materializes parameters, so device cannot be 'meta'",
+                            "use initspec.meta_parameters() to build on the meta device")
+    try:
+        torch.empty(0, device=result)
+    except (RuntimeError, AssertionError) as exc:
+        raise InitSpecError("device", f"cannot allocate on {str(result)!r}: {str(exc).splitlines()[0]}",
+                            "choose a device this machine has (e.g. 'cpu')") from None
+    return result
+
+
 def instantiate(model: Any) -> nn.Module:
     """An nn.Module from a ``_target_`` config (dict/DictConfig), a factory, or a module."""
     if isinstance(model, nn.Module):
@@ -119,7 +137,8 @@ def build(model: Any, spec: Any, *, device: Any = "cpu", empty_init: bool = True
     dict resolves ``${model.*}`` interpolations against a model config.
     """
     from .api import apply
-    with torch.device(device) if str(device) != "cpu" else contextlib.nullcontext():
+    device = checked_device(device)
+    with torch.device(device) if device.type != "cpu" else contextlib.nullcontext():
         if empty_init:
             with meta_parameters():
                 module = instantiate(model)

@@ -87,7 +87,18 @@ def _main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
     from .errors import InitSpecError
     try:
-        cfg = compose(args.config_dir, args.config_name, overrides)
+        for option in ("out", "plot"):
+            _check_writable(getattr(args, option), option)
+        try:
+            cfg = compose(args.config_dir, args.config_name, overrides)
+        except (HydraException, OmegaConfBaseException) as exc:
+            print(f"error: cannot compose the config: {exc}", file=sys.stderr)
+            return 2
+        except ValueError as exc:   # e.g. a name where a list index belongs (init.std on a list of steps)
+            print(f"error: cannot compose the config: an override does not fit the config ({exc}). Fix: check "
+                  "the override paths; steps in a list are addressed by index (initspec.rules.x.init.0.std)",
+                  file=sys.stderr)
+            return 2
         for key in ("model", "initspec"):
             if key not in cfg:
                 raise InitSpecError(key, f"the composed config has no {key!r}",
@@ -98,9 +109,19 @@ def _main(argv: list[str]) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    except (HydraException, OmegaConfBaseException) as exc:
-        print(f"error: cannot compose the config: {exc}", file=sys.stderr)
-        return 2
+
+
+def _check_writable(path: str | None, option: str) -> None:
+    """Fail before any work when an output file cannot be written."""
+    from .errors import InitSpecError
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise InitSpecError(f"--{option}", f"the directory {str(parent)!r} does not exist",
+                            "create it first or write somewhere else")
+    if Path(path).is_dir():
+        raise InitSpecError(f"--{option}", f"{path!r} is a directory", "give a file name")
 
 
 def _presets() -> int:
@@ -170,7 +191,10 @@ def cmd_apply(cfg: Any, args: argparse.Namespace) -> int:
     if not args.out:
         raise InitSpecError("--out", "apply needs --out FILE.safetensors", "e.g. initspec apply --out seed.safetensors")
     model, report = _build(cfg, args)
-    aliases = save_checkpoint(model, args.out, report.plan)
+    try:
+        aliases = save_checkpoint(model, args.out, report.plan)
+    except Exception as exc:   # OSError, SafetensorError: the file system said no
+        raise InitSpecError("--out", f"cannot write {args.out!r}: {exc}", "check the path and its permissions") from None
     tied = sum(1 for v in aliases.values() if v)
     print(f"wrote {args.out}: {len(aliases)} tensors ({tied} with tied names), seed {report.plan.seed}, "
           f"{report.seconds:.3f} s")
@@ -209,8 +233,13 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
     for ax in list(axes.flat)[len(rules):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as exc:   # unwritable path, unknown image format
+        from .errors import InitSpecError
+        raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
+    finally:
+        plt.close(fig)
 
 
 class Progress:
