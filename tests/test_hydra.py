@@ -1,5 +1,6 @@
-"""Hydra integration: the training launcher with command-line overrides, and presets from an
-installed wheel composed by a user app outside the repo."""
+"""Hydra integration: the training launcher with command-line overrides, the search-path
+plugin (torch-free), and presets from an installed wheel composed by a user app outside the repo."""
+import json
 import os
 import re
 import subprocess
@@ -12,55 +13,122 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "train.py"
 
+# Runs examples/train.py once per argument list in one fresh interpreter (torch is imported
+# once): each run goes through the script's own @hydra.main with sys.argv as a shell gives it.
+DRIVER = """
+import json, runpy, sys
+train, out, runs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+for i, overrides in enumerate(runs):
+    sys.argv = [train, f"hydra.run.dir={out}/{i}", *overrides]
+    print(f"=== run {i}", flush=True)
+    runpy.run_path(train, run_name="__main__")
+"""
 
-def train(tmp_path, *overrides, multirun=False):
-    args = [sys.executable, str(TRAIN)]
-    if multirun:
-        args += ["-m", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    else:
-        args += [f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([*args, *overrides], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+
+def train_runs(tmp_path, *runs: list[str]) -> list[str]:
+    """stdout of ``python examples/train.py <overrides>`` for each list of overrides."""
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(TRAIN), str(tmp_path / "out"), json.dumps(runs)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    outputs = re.split(r"^=== run \d+\n", proc.stdout, flags=re.M)[1:]
+    assert len(outputs) == len(runs)
+    return outputs
 
 
-def row(out: str, name: str) -> str:
-    return next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
+def row(out: str, name: str) -> list[str]:
+    """The cells of a parameter's row in the report table."""
+    line = next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+COLUMNS = ("parameter", "shape", "rule", "steps", "tie", "expected std", "mean", "std", "min", "max", "zeros")
+
+
+def cell(out: str, name: str, column: str) -> str:
+    return row(out, name)[COLUMNS.index(column)]
 
 
 def losses(out: str) -> list[float]:
-    return [float(x) for x in re.findall(r"step \d+ loss ([-\d.e+inf]+)", out)]
+    return [float(x) for x in re.findall(r"step \d+ loss (\S+)", out)]
 
 
-def test_default_run_trains(tmp_path):
-    out = train(tmp_path)
-    assert "normal(mean=0, std=0.01)" in row(out, "0.weight")
-    assert len(losses(out)) == 5
+@pytest.mark.slow
+def test_launcher_with_the_override_lines(tmp_path):
+    default, custom, custom_a, head, no_biases, gpt = train_runs(
+        tmp_path,
+        [],
+        ["initspec=seed_custom"],
+        ["initspec=seed_custom", "initspec.rules.weights.init.0.a=-5"],
+        ['+initspec.rules.head={match: "2.weight", init: zeros}'],
+        ["initspec.rules.biases=null"],
+        ["model=gpt_tiny", "initspec=gpt2", "model.n_layer=8"],
+    )
+    for out in (default, custom, custom_a, head, no_biases, gpt):
+        assert len(losses(out)) == 5 and all(x == x and abs(x) < float("inf") for x in losses(out))
+    assert len(set(map(lambda o: losses(o)[0], (default, custom, custom_a, head, no_biases)))) == 5  # 5 inits
+
+    assert cell(default, "0.weight", "steps") == "normal(mean=0, std=0.01)"        # examples/conf: seed_normal
+    assert cell(default, "0.bias", "max") == "0"
+
+    assert cell(custom, "0.weight", "steps") == "uniform(a=-10, b=10) -> zero_below(threshold=5)"
+    for column in ("min", "max"):                              # |w| < 5 was zeroed
+        value = float(cell(custom, "0.weight", column))
+        assert value == 0 or abs(value) >= 5
+    assert cell(custom, "0.bias", "mean") == "1"
+
+    assert cell(custom_a, "0.weight", "steps") == "uniform(a=-5, b=10) -> zero_below(threshold=5)"
+    assert float(cell(custom_a, "0.weight", "min")) >= 0       # a=-5 and |w| < 5 zeroed: nothing negative left
+
+    assert cell(head, "2.weight", "rule") == "head" and cell(head, "2.weight", "zeros") == "100.0%"
+    assert cell(head, "0.weight", "rule") == "weights"
+
+    assert cell(no_biases, "0.bias", "steps") == "reset_parameters()"     # PyTorch's default, once, seeded
+    bound = 1 / 4 ** 0.5                                                  # Linear(4, 3): U(-1/sqrt(4), 1/sqrt(4))
+    low, high = float(cell(no_biases, "0.bias", "min")), float(cell(no_biases, "0.bias", "max"))
+    assert -bound <= low < high <= bound
+
+    c_proj = row(gpt, "transformer.h.7.attn.c_proj.weight")
+    assert c_proj[COLUMNS.index("expected std")] == "0.005"               # 0.02 / sqrt(2 * model.n_layer=8)
+    assert abs(float(c_proj[COLUMNS.index("std")]) - 0.005) < 0.0005
+    assert cell(gpt, "transformer.wte.weight (= lm_head.weight)", "tie") == "lm_head"
 
 
-def test_overrides(tmp_path):
-    out = train(tmp_path, "initspec=seed_custom")
-    assert "uniform(a=-10, b=10) -> zero_below(threshold=5)" in row(out, "0.weight")
-    out = train(tmp_path, "initspec=seed_custom", "initspec.rules.weights.init.0.a=-5")
-    assert "uniform(a=-5, b=10)" in row(out, "0.weight")
-    out = train(tmp_path, "initspec=seed_custom", '+initspec.rules.head={match: "2.weight", init: zeros}')
-    head = row(out, "2.weight")
-    assert " head " in head and "zeros" in head and "100.0%" in head
-    assert " weights " in row(out, "0.weight")
-    out = train(tmp_path, "initspec=seed_custom", "initspec.rules.biases=null")
-    assert "reset_parameters()" in row(out, "0.bias")      # the meta-built bias falls back to PyTorch's default
-
-
+@pytest.mark.slow
 def test_multirun_over_presets(tmp_path):
-    out = train(tmp_path, "initspec=seed_normal,seed_custom", multirun=True)
-    assert "initspec=seed_normal" in out and "initspec=seed_custom" in out
-    assert out.count("initspec report") == 2 and len(losses(out)) == 10
+    proc = subprocess.run([sys.executable, str(TRAIN), "-m", "initspec=seed_normal,seed_custom",
+                           f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "#0 : initspec=seed_normal" in out and "#1 : initspec=seed_custom" in out
+    first, second = out.split("initspec report")[1:]
+    assert cell(first, "0.weight", "steps") == "normal(mean=0, std=0.01)"
+    assert cell(second, "0.weight", "steps").startswith("uniform(a=-10, b=10)")
+    assert len(losses(out)) == 10
+    assert sorted(p.name for p in (tmp_path / "multirun").iterdir() if p.is_dir()) == ["0", "1"]
 
 
-def test_gpt_preset_interpolates_the_model_config(tmp_path):
-    out = train(tmp_path, "model=gpt_tiny", "initspec=gpt2", "model.n_layer=8")
-    assert "std=0.005)" in row(out, "transformer.h.7.attn.c_proj.weight")   # 0.02 / sqrt(2 * 8)
-    assert all(x == x for x in losses(out))
+@pytest.mark.slow
+def test_plugin_serves_presets_and_models_without_importing_torch(tmp_path):
+    (tmp_path / "app.yaml").write_text("defaults:\n  - model: gpt_tiny\n  - initspec: gpt2\n  - _self_\n")
+    script = textwrap.dedent(f"""
+        import sys
+        from hydra import compose, initialize_config_dir
+        from hydra.core.plugins import Plugins
+        from hydra.plugins.search_path_plugin import SearchPathPlugin
+        from omegaconf import OmegaConf
+        with initialize_config_dir(config_dir={str(tmp_path)!r}, version_base=None):
+            cfg = compose("app", overrides=["model.n_layer=6"])
+        plugins = [p.__name__ for p in Plugins.instance().discover(SearchPathPlugin)]
+        print("PLUGINS", plugins)
+        print("TARGET", cfg.model._target_, "N_LAYER", cfg.initspec.vars.n_layer)
+        print("TORCH", "torch" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "InitspecSearchPathPlugin" in proc.stdout
+    assert "TARGET initspec.models.gpt.GPT N_LAYER 6" in proc.stdout   # ${model.n_layer} resolved across groups
+    assert "TORCH False" in proc.stdout
 
 
 @pytest.mark.slow
@@ -72,24 +140,27 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
     assert "initspec_configs/initspec/gpt2.yaml" in names and "initspec_configs/model/gpt_tiny.yaml" in names
+    assert "initspec_configs/initspec_cli.yaml" in names
     assert "hydra_plugins/initspec_searchpath/__init__.py" in names
     assert "hydra_plugins/__init__.py" not in names                  # a namespace package
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    # a venv without its own pip (ensurepip costs ~10 s): this pip installs into it with --python
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=120)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+                   check=True, timeout=300, capture_output=True)
     app = tmp_path / "app"
     (app / "conf").mkdir(parents=True)
     (app / "conf" / "config.yaml").write_text("defaults:\n  - model: gpt_tiny\n  - initspec: seed_normal\n  - _self_\n")
     (app / "app.py").write_text(textwrap.dedent("""
-        import hydra, initspec, initspec_configs, sys
+        import hydra, initspec, initspec_configs, hydra_plugins.initspec_searchpath as plugin
 
         @hydra.main(version_base=None, config_path="conf", config_name="config")
         def main(cfg):
             model, report = initspec.build(cfg.model, cfg.initspec)
             entry = report.plan.entry("transformer.h.1.attn.c_proj.weight")
-            print("FILES", initspec.__file__, initspec_configs.__file__)
+            print("FILES", initspec.__file__, initspec_configs.__file__, plugin.__file__)
             print("STD", entry.expected_std, "TIED", model.lm_head.weight is model.transformer.wte.weight)
 
         main()
@@ -99,5 +170,5 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = next(line for line in proc.stdout.splitlines() if line.startswith("FILES")).split()[1:]
-    assert all(str(venv) in f for f in files), files                  # the wheel, not the repo checkout
+    assert len(files) == 3 and all(f.startswith(str(venv)) for f in files), files   # the wheel, not the checkout
     assert "STD 0.01 TIED True" in proc.stdout                        # gpt2 preset, n_layer=2 from the model
