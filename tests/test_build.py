@@ -118,3 +118,65 @@ def test_checkpoint_round_trip_restores_ties(tmp_path):
     assert fresh.lm_head.weight is fresh.transformer.wte.weight
     for (n1, p1), (n2, p2) in zip(model.named_parameters(), fresh.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_empty_init_false_builds_normally_and_gives_the_same_values():
+    calls = []
+    original = nn.Linear.reset_parameters
+
+    def spy(self):
+        calls.append(self.weight.is_meta)
+        original(self)
+
+    nn.Linear.reset_parameters = spy
+    try:
+        full, _ = initspec.build(GPT, "gpt2", seed=3, empty_init=False)
+    finally:
+        nn.Linear.reset_parameters = original
+    assert calls and not any(calls)    # PyTorch's default init really ran on real tensors
+    empty, _ = initspec.build(GPT, "gpt2", seed=3)
+    for (n1, p1), (n2, p2) in zip(full.named_parameters(), empty.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+
+
+def test_uncovered_meta_parameter_without_reset_parameters_is_an_error():
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+            self.proj = nn.Linear(3, 3)
+
+    with pytest.raises(InitSpecError) as info:
+        initspec.build(Scale, {"rules": {"proj": {"match": "proj.*", "init": "zeros"}}})
+    assert "gain" in str(info.value) and info.value.problems[0].fix
+    model, _ = initspec.build(Scale, {"rules": {"all": {"match": "*", "init": "ones"}}})
+    assert torch.equal(model.gain.detach(), torch.ones(3))
+
+
+def test_a_failing_factory_leaves_parameter_registration_unpatched():
+    original = nn.Module.register_parameter
+
+    def broken():
+        nn.Linear(2, 2)
+        raise ValueError("bad factory")
+
+    with pytest.raises(ValueError, match="bad factory"):
+        initspec.build(broken, "seed_normal")
+    assert nn.Module.register_parameter is original
+    assert not nn.Linear(2, 2).weight.is_meta
+
+
+def test_bad_device_is_an_initspec_error():
+    for device, message in (("bogus", "is not a device"), ("meta", "cannot be 'meta'")):
+        with pytest.raises(InitSpecError, match=message) as info:
+            initspec.build(GPT, "gpt2", device=device)
+        assert info.value.paths == ("device",)
+
+
+def test_progress_reports_every_filled_element_once():
+    calls = []
+    model, _ = initspec.build(GPT, "gpt2", progress=lambda done, total: calls.append((done, total)))
+    unique = sum(p.numel() for p in model.parameters())     # the tied lm_head counted once
+    assert calls and {total for _, total in calls} == {unique}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == unique
