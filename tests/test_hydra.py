@@ -143,6 +143,9 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
     assert "initspec_configs/initspec_cli.yaml" in names
     assert "hydra_plugins/initspec_searchpath/__init__.py" in names
     assert "hydra_plugins/__init__.py" not in names                  # a namespace package
+    entry_points = zipfile.ZipFile(wheel).read("initspec-0.1.0.dist-info/entry_points.txt").decode()
+    assert "[hydra.plugins]\ninitspec_searchpath = hydra_plugins.initspec_searchpath:InitspecSearchPathPlugin" \
+        in entry_points                                              # Hydra 1.4 discovers plugins this way
     venv = tmp_path / "venv"
     # a venv without its own pip (ensurepip costs ~10 s): this pip installs into it with --python
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
