@@ -409,10 +409,11 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
     rule_names = [name for name, _ in rules]
     rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
     depends = [_depends(rule) for _, rule in rules]
-    rows, unit_tensors, members = _unit_rows(slots, groups, tree)
+    rows, unit_tensors, members = _unit_rows(slots, columns.tensors, groups, tree)
     n = len(rows)
-    heads = list(map(slots.__getitem__, rows))
-    candidates = list(map(selected.__getitem__, rows))
+    alone = isinstance(rows, range)   # every slot its own unit
+    heads = slots if alone else list(map(slots.__getitem__, rows))
+    candidates = selected if alone else list(map(selected.__getitem__, rows))
     tied: list[tuple[int, ...]] = [()] * n
     aliases: list[tuple[str, ...]] = [()] * n
     held: dict[int, list[TensorSlot]] = {}      # every slot holding the tensor, where more than its head
@@ -426,14 +427,15 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
                                 for r in selected[i]} - set(candidates[u])))
         aliases[u] = tuple(slots[i].name for i in rows_of_tensor if slots[i] is not head)
         held[u] = [slots[i] for i in rows_of_tensor]
-    if isinstance(rows, range):   # every slot its own unit
+    if alone:
         names, shapes, dtypes = columns.names, columns.shapes, columns.dtypes
     else:                         # (a tied target's unit tensor is its source)
         names = list(map(itemgetter(0), heads))
         shapes = _shapes(unit_tensors)
         dtypes = list(map(attrgetter("dtype"), unit_tensors))
     dtype_names = {d: str(d).removeprefix("torch.") for d in set(dtypes)}
-    keys = list(zip(map(id, candidates), map(id, tied), shapes, dtypes))  # the lists stay alive: stable ids
+    # ints only (hashed for free): candidate and tie lists stay alive, shapes are one object per shape
+    keys = list(zip(map(id, candidates), map(id, tied), map(id, shapes), map(id, dtypes)))
     first = dict(zip(reversed(keys), range(n - 1, -1, -1)))
 
     def resolve(u: int, winner: int, shadowed: tuple[str, ...]) -> _Decision:
@@ -516,10 +518,9 @@ class _ByName(Mapping):
         return len(self.index)
 
 
-def _unit_rows(slots, groups: list[TieGroup], tree: Tree):
+def _unit_rows(slots, tensors: list[torch.Tensor], groups: list[TieGroup], tree: Tree):
     """:func:`_units` by columns: the first slot row of every unique tensor, the tensors, and
     for tensors held by several slots, their first row -> all their rows."""
-    tensors = list(map(itemgetter(5), slots))
     replaced = {}
     for group in groups:
         for target, source in group.tensor_map(tree).items():
@@ -527,9 +528,9 @@ def _unit_rows(slots, groups: list[TieGroup], tree: Tree):
     if replaced:
         tensors = list(map(replaced.get, map(itemgetter(0), slots), tensors))
     ids = list(map(id, tensors))
-    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))
-    if len(first) == len(ids):
+    if len(set(ids)) == len(ids):
         return range(len(ids)), tensors, {}
+    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))
     firsts = list(map(first.__getitem__, ids))
     rows = list(compress(range(len(ids)), map(operator.eq, firsts, range(len(ids)))))
     members: dict[int, list[int]] = {}

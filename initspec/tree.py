@@ -7,7 +7,6 @@ however it is wrapped. ``module.`` is dropped only below a DDP/DataParallel.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import sys
 from dataclasses import dataclass
@@ -18,10 +17,6 @@ from torch import nn
 
 WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 _MODULE_KEYS = frozenset(nn.Module().__dict__)  # attributes every module has: never loose tensors
-# Types of module attributes that are never tensors: a module whose attributes all have one of
-# them needs no per-attribute check (one C-level pass over its __dict__ values).
-_PLAIN_TYPES = frozenset({bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset, type(None),
-                          collections.OrderedDict, torch.dtype, torch.device, torch.Size})
 
 
 class ModuleSlot(NamedTuple):
@@ -78,6 +73,7 @@ def walk(model: nn.Module) -> Tree:
     Tensor = torch.Tensor
     new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (2x faster walk)
     add_module, add_tensor = modules.append, tensors.append
+    own_attrs: dict[tuple[str, ...], tuple[str, ...]] = {}   # attribute layout -> attributes to check
 
     def visit(slot: ModuleSlot, depth: int) -> None:
         add_module(slot)
@@ -94,10 +90,13 @@ def walk(model: nn.Module) -> Tree:
                     full = prefix + attr
                     add_tensor(new(TensorSlot, (full, full if same else real + attr, slot, attr, "buffer", tensor)))
         state = module.__dict__
-        if not _PLAIN_TYPES.issuperset(map(type, state.values())):   # an attribute may hold a tensor
-            for attr in state.keys() - _MODULE_KEYS:
-                if attr[0] != "_" and isinstance(state[attr], Tensor):
-                    unregistered.append(f"{prefix}{attr} ({type(module).__name__}.{attr})")
+        keys = tuple(state)
+        own = own_attrs.get(keys)   # modules of one class share their attribute layout: computed once
+        if own is None:
+            own = own_attrs[keys] = tuple(k for k in keys if k not in _MODULE_KEYS and k[0] != "_")
+        for attr in own:
+            if isinstance(state[attr], Tensor):
+                unregistered.append(f"{prefix}{attr} ({type(module).__name__}.{attr})")
         children = module._modules
         if not children or depth >= 256:
             return
