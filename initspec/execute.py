@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import InitSpecError, Problem
 from .kernels import RNG_LOCK, rows_exact, run_block, run_rows, run_whole
-from .ops import needs_whole, reads_existing, starts_custom
+from .ops import RANDOM_CHUNKED, needs_whole, reads_existing, starts_custom
 from .plan import Entry, Layout, Plan
 from .spec import ROOT
 from .streams import Stream, chunk_ranges, generation_dtype, stream_seed
@@ -225,13 +225,16 @@ def _via_block(entry: Entry, view: torch.Tensor, region: Region, chunk: int, c0:
                stream: Stream, dtype: torch.dtype) -> Callable[[], None]:
     def fill() -> None:
         shape = (region.global_shape or (1,))
-        block = torch.empty((c1 - c0, *shape[1:]), dtype=dtype, device=stream.device)
         r0, r1 = region.rows
         lo, hi = max(c0, r0), min(c1, r1)
-        inner = (slice(lo - c0, hi - c0),) + tuple(slice(o, o + n) for o, n in zip(region.offset[1:], view.shape[1:]))
+        # random ops need the whole chunk's draws; the others are row-wise: only the shard's rows
+        # (a checkpoint then reads just those rows)
+        b0, b1 = (c0, c1) if any(o.kind in RANDOM_CHUNKED for o in entry.ops) else (lo, hi)
+        block = torch.empty((b1 - b0, *shape[1:]), dtype=dtype, device=stream.device)
+        inner = (slice(lo - b0, hi - b0),) + tuple(slice(o, o + n) for o, n in zip(region.offset[1:], view.shape[1:]))
         if reads_existing(entry.ops):
             block[inner].copy_(view[lo - r0:hi - r0])
-        run_block(entry.ops, block, chunk, c0, stream)
+        run_block(entry.ops, block, chunk, b0, stream)
         view[lo - r0:hi - r0].copy_(block[inner])
     return fill
 
