@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
+import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +28,7 @@ from initspec.models.gpt import gpt_tiny
 from initspec.streams import rows_per_chunk
 
 TIMEOUT = {1: 60, 2: 90, 4: 120}   # seconds per spawn (imports dominate: ~5 s of CPU per rank)
+REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------ models and specs
@@ -426,3 +430,53 @@ def test_save_checkpoint_gathers_sharded_model(run):
 
 def test_spawn_time_bounded(run):
     assert run["seconds"] < TIMEOUT[run["world"]]
+
+
+# ------------------------------------------------------------------ the example launcher
+
+def test_fsdp_train_example_under_torchrun(tmp_path):
+    seed = tmp_path / "init.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), str(REPO / "examples" / "fsdp_train.py"), "--steps", "5",
+           "--save", str(seed)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("lm_head tied to wte: True") == 2
+    assert len(re.findall(r"initialized (\d+)/\1 values", proc.stdout)) == 0   # each rank holds a part only
+    losses = [float(x) for x in re.findall(r"step \d+ loss ([\d.]+)", proc.stdout)]
+    assert len(losses) == 5 and losses[-1] < losses[0] - 0.1, losses
+    with torch.device("meta"):
+        single = gpt_tiny()
+    initspec.apply(single, "gpt2", vars={"n_layer": single.n_layer}, seed=0, device="cpu")
+    from safetensors import safe_open
+    with safe_open(str(seed), framework="pt") as f:
+        for name, p in single.named_parameters():
+            assert torch.equal(f.get_tensor(name), p.detach()), name
+
+
+# ------------------------------------------------------------------ stream modes (single process)
+
+def _wide_values(streams: str, threads: int) -> dict[str, torch.Tensor]:
+    spec = {**wide_spec("unused"), "streams": streams}
+    spec["rules"] = {k: v for k, v in spec["rules"].items() if k != "ckpt"}
+    spec["rules"]["rest"] = {"match": ["ckpt.weight", "maybe.weight"], "init": "xavier_normal"}
+    with torch.device("meta"):
+        model = Wide()
+    initspec.apply(model, spec, device="cpu", allow_fn=["test_sharded"], threads=threads)
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def test_portable_equals_fast_on_cpu_and_neither_depends_on_threads():
+    fast = _wide_values("fast", 1)
+    for streams, threads in (("fast", 3), ("portable", 1), ("portable", 3)):
+        other = _wide_values(streams, threads)
+        assert all(torch.equal(fast[k], other[k]) for k in fast), (streams, threads)
+
+
+def test_portable_draws_on_the_cpu_for_any_device():
+    from initspec.execute import stream_of
+    model = nn.Linear(3, 3)
+    for streams, want in (("fast", "cuda"), ("portable", "cpu")):
+        plan = initspec.plan(model, {"streams": streams, "rules": {"w": {"match": "*", "init": "normal"}}})
+        assert stream_of(plan, plan.entry("weight"), torch.device("cuda")).device.type == want
