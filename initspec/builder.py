@@ -13,6 +13,7 @@ error when the module has none.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
@@ -24,7 +25,13 @@ from .errors import InitSpecError
 from .report import Report
 
 _PATCH_LOCK = threading.RLock()
-_OWNER: list[int] = []  # thread ids currently building empty (one patch, re-entrant)
+_OWNERS: list[int] = []          # threads building empty right now (one shared patch, re-entrant)
+_SAVED: dict[str, Any] = {}      # what the patch replaced, while installed
+# torch.nn.init functions that default initialization calls; on a meta tensor they are skipped
+# (they compute nothing there, and normal_ on meta imports torch._dynamo: ~2 s the first time).
+INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                  "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_",
+                  "sparse_")
 
 
 class Built(NamedTuple):
@@ -32,34 +39,61 @@ class Built(NamedTuple):
     report: Report
 
 
+def _building() -> bool:
+    return threading.get_ident() in _OWNERS
+
+
+def _install() -> None:
+    register = _SAVED["register_parameter"] = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if (param is not None and _building() and not param.is_meta
+                and not isinstance(param, nn.parameter.UninitializedParameter)):
+            param = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta
+    for name in INIT_FUNCTIONS:
+        if hasattr(nn.init, name):
+            _SAVED[name] = getattr(nn.init, name)
+            setattr(nn.init, name, _skipping_meta(_SAVED[name]))
+
+
+def _skipping_meta(init: Callable) -> Callable:
+    @functools.wraps(init)
+    def skip_on_meta(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        if _building() and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return init(tensor, *args, **kwargs)
+    return skip_on_meta
+
+
+def _uninstall() -> None:
+    nn.Module.register_parameter = _SAVED.pop("register_parameter")
+    for name, init in _SAVED.items():
+        setattr(nn.init, name, init)
+    _SAVED.clear()
+
+
 @contextlib.contextmanager
 def meta_parameters():
     """Within this block, modules built by this thread register parameters on the meta device.
 
     Buffers are built normally, so computed tables (rotary frequencies, masks)
-    stay correct. Other threads are not affected.
+    stay correct; ``torch.nn.init`` calls on meta tensors are skipped. Other
+    threads are not affected; the patch is removed when the last user leaves.
     """
-    original = nn.Module.register_parameter
-    me = threading.get_ident()
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if (param is not None and threading.get_ident() in _OWNER and not param.is_meta
-                and not isinstance(param, nn.parameter.UninitializedParameter)):
-            param = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
     with _PATCH_LOCK:
-        first = not _OWNER
-        _OWNER.append(me)
-        if first:
-            nn.Module.register_parameter = register_on_meta
+        if not _OWNERS:
+            _install()
+        _OWNERS.append(threading.get_ident())
     try:
         yield
     finally:
         with _PATCH_LOCK:
-            _OWNER.remove(me)
-            if not _OWNER:
-                nn.Module.register_parameter = original
+            _OWNERS.remove(threading.get_ident())
+            if not _OWNERS:
+                _uninstall()
 
 
 def checked_device(device: Any) -> torch.device:

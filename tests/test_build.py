@@ -180,3 +180,42 @@ def test_progress_reports_every_filled_element_once():
     assert calls and {total for _, total in calls} == {unique}
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == unique
+
+
+def test_overlapping_builds_in_two_threads_restore_torch_exactly():
+    import threading
+    originals = (nn.Module.register_parameter, nn.init.normal_, nn.init.kaiming_uniform_)
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with meta_parameters():
+            a_inside.set()
+            b_inside.wait(10)
+            seen["a"] = nn.Embedding(3, 2).weight.is_meta
+        a_left.set()
+
+    def b():
+        a_inside.wait(10)
+        with meta_parameters():     # enters while a is inside, leaves after a
+            b_inside.set()
+            a_left.wait(10)
+            seen["b"] = nn.Linear(2, 2).weight.is_meta
+            seen["b sees patch"] = nn.Module.register_parameter is not originals[0]
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": True, "b": True, "b sees patch": True}
+    assert (nn.Module.register_parameter, nn.init.normal_, nn.init.kaiming_uniform_) == originals
+
+
+def test_default_init_functions_are_skipped_on_meta_only():
+    with meta_parameters():
+        real = torch.zeros(3)
+        nn.init.ones_(real)                                    # a real tensor is still filled
+        meta = torch.empty(3, device="meta")
+        assert nn.init.normal_(meta) is meta
+    assert torch.equal(real, torch.ones(3))

@@ -194,3 +194,13 @@ def test_progress_bar_appears_only_after_the_delay():
         assert bar.bar is not None and bar.bar.tasks[0].completed == 5
         bar(10, 10)
         assert bar.bar.tasks[0].finished
+
+
+def test_histogram_sample_is_bounded_and_proportional():
+    import torch
+    from initspec.cli import sample_values
+    big, small = torch.full((1000, 100), 1.0), torch.full((100, 100), 2.0)
+    generator = torch.Generator().manual_seed(0)
+    data = sample_values([big, small], 11_000, generator)
+    assert data.numel() == 11_000 and int((data == 2).sum()) == 1_000
+    assert torch.equal(sample_values([small], 11_000, generator), small.reshape(-1))   # few values: all of them
