@@ -3,6 +3,7 @@ plugin (torch-free), and presets from an installed wheel composed by a user app 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -133,9 +134,14 @@ def test_plugin_serves_presets_and_models_without_importing_torch(tmp_path):
 
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
+    # build from a clean copy: setuptools writes build/ and *.egg-info into the source tree, and a
+    # stale build/lib (a deleted module) would end up in the wheel
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "outputs", "multirun"))
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(wheels), str(REPO)], check=True, timeout=300, capture_output=True)
+                    str(wheels), str(source)], check=True, timeout=300, capture_output=True)
     wheel = next(wheels.glob("initspec-*.whl"))
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
