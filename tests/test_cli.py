@@ -204,3 +204,14 @@ def test_histogram_sample_is_bounded_and_proportional():
     data = sample_values([big, small], 11_000, generator)
     assert data.numel() == 11_000 and int((data == 2).sum()) == 1_000
     assert torch.equal(sample_values([small], 11_000, generator), small.reshape(-1))   # few values: all of them
+
+
+def test_every_shipped_model_config_checks_with_a_fitting_preset(capsys):
+    from initspec.load import preset_dir
+    pairs = {"seed_mlp": "seed_custom", "seed_shared": "seed_shared", "gpt_tiny": "gpt2", "gpt2_small": "gpt2",
+             "resnet_small": "kaiming_resnet"}
+    shipped = sorted(p.stem for p in (preset_dir().parent / "model").glob("*.yaml"))
+    assert shipped == sorted(pairs)
+    for model, preset in pairs.items():
+        code, out, err = cli(capsys, "check", f"model={model}", f"initspec={preset}")
+        assert code == 0 and out.startswith("ok: "), (model, err)

@@ -55,7 +55,7 @@ def losses(out: str) -> list[float]:
 
 @pytest.mark.slow
 def test_launcher_with_the_override_lines(tmp_path):
-    default, custom, custom_a, head, no_biases, gpt = train_runs(
+    default, custom, custom_a, head, no_biases, gpt, resnet = train_runs(
         tmp_path,
         [],
         ["initspec=seed_custom"],
@@ -63,8 +63,9 @@ def test_launcher_with_the_override_lines(tmp_path):
         ['+initspec.rules.head={match: "2.weight", init: zeros}'],
         ["initspec.rules.biases=null"],
         ["model=gpt_tiny", "initspec=gpt2", "model.n_layer=8"],
+        ["model=resnet_small", "initspec=kaiming_resnet"],
     )
-    for out in (default, custom, custom_a, head, no_biases, gpt):
+    for out in (default, custom, custom_a, head, no_biases, gpt, resnet):
         assert len(losses(out)) == 5 and all(x == x and abs(x) < float("inf") for x in losses(out))
     assert len(set(map(lambda o: losses(o)[0], (default, custom, custom_a, head, no_biases)))) == 5  # 5 inits
 
@@ -92,6 +93,10 @@ def test_launcher_with_the_override_lines(tmp_path):
     assert c_proj[COLUMNS.index("expected std")] == "0.005"               # 0.02 / sqrt(2 * model.n_layer=8)
     assert abs(float(c_proj[COLUMNS.index("std")]) - 0.005) < 0.0005
     assert cell(gpt, "transformer.wte.weight (= lm_head.weight)", "tie") == "lm_head"
+
+    assert cell(resnet, "conv1.weight", "steps").startswith("kaiming_normal(fan_out, relu)")
+    assert (cell(resnet, "bn1.running_var", "min"), cell(resnet, "bn1.running_var", "max")) == ("1", "1")
+    assert losses(resnet)[-1] < losses(resnet)[0]
 
 
 @pytest.mark.slow
