@@ -1,0 +1,88 @@
+"""Shared pieces of the benchmarks: paired timing, result rows, the hand-written GPT-2 loop."""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+REPEATS = 5
+MARK = "BENCHMARK-ROW "   # a child process prints each row as MARK + json
+
+
+@dataclass(frozen=True)
+class Row:
+    """One target: a ratio measured side by side, its threshold, and absolute times for context."""
+
+    target: str
+    ratio: float | None          # None: informational row without a threshold
+    threshold: float | None      # PASS when ratio <= threshold (and every extra check holds)
+    context: str                 # absolute times and what was compared
+    ok: bool = True              # extra checks (bitwise equality, < 1 s) that must also hold
+
+    @property
+    def verdict(self) -> str:
+        if self.threshold is None:
+            return "info"
+        return "PASS" if self.ok and self.ratio is not None and self.ratio <= self.threshold else "MISS"
+
+
+def emit(rows: list[Row]) -> None:
+    for row in rows:
+        print(MARK + json.dumps(asdict(row)), flush=True)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(a: Callable[[], object], b: Callable[[], object], repeats: int = REPEATS,
+           setup: Callable[[], object] | None = None) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` alternately (a, b, b, a, ...) ``repeats`` times each; lists of seconds."""
+    ta, tb = [], []
+    for i in range(repeats):
+        for fn, sink in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            if setup is not None:
+                setup()
+            sink.append(timed(fn))
+    return ta, tb
+
+
+def paired_ratio(ta: list[float], tb: list[float]) -> float:
+    """Median over pairs of a/b (each pair ran back to back, so load changes cancel)."""
+    return statistics.median(x / y for x, y in zip(ta, tb))
+
+
+def med(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def hand_init_gpt2(model, n_layer: int, std: float = 0.02) -> None:
+    """What a user writes by hand for GPT-2 (HF ``_init_weights``), each unique tensor filled once."""
+    import torch
+    from torch import nn
+    residual = std / math.sqrt(2 * n_layer)
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif ".ln_" in name:
+                nn.init.ones_(p)
+            elif name.endswith("c_proj.weight"):
+                nn.init.normal_(p, 0.0, residual)
+            else:
+                nn.init.normal_(p, 0.0, std)
