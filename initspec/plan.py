@@ -782,6 +782,13 @@ def _defaults(spec: Spec, entries: list[Entry], uncovered: list[tuple[str, Tenso
         if callable(getattr(module, "reset_parameters", None)):
             to_reset[name] = slot
             resets.setdefault(slot.owner.name, module)
+        elif meta and slot.kind == "buffer" and slot.tensor.dtype not in FLOAT_DTYPES:
+            problems.append(Problem(f"{ROOT}.rules",
+                                    f"buffer {name!r} ({str(slot.tensor.dtype).removeprefix('torch.')}) is on the meta "
+                                    f"device (no values) and its module {type(module).__name__} has no "
+                                    "reset_parameters(); rules fill floating-point tensors only",
+                                    "build with initspec.build(...) or under initspec.meta_parameters(), which put "
+                                    "only parameters on meta and compute buffers for real"))
         elif meta:
             problems.append(Problem(f"{ROOT}.rules",
                                     f"{slot.kind} {name!r} is on the meta device (no values), no rule covers it and "
