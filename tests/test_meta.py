@@ -235,3 +235,15 @@ def test_save_checkpoint_refuses_meta_tensors(tmp_path):
     with pytest.raises(InitSpecError, match="meta device"):
         initspec.save_checkpoint(model, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_meta_complex_buffer_points_to_meta_parameters():
+    """A computed complex buffer (llama's rotary table) cannot be filled by any rule: say how to build."""
+    with torch.device("meta"):
+        model = llama_tiny()
+    with pytest.raises(InitSpecError) as err:
+        initspec.apply(model, "llama_depth", vars=LLAMA_VARS, device="cpu")
+    message = str(err.value)
+    assert "'freqs_cis' (complex64)" in message and "initspec.meta_parameters()" in message
+    assert "buffers: true" not in message
+    assert model.freqs_cis.is_meta and all(p.is_meta for p in model.parameters())
