@@ -264,7 +264,9 @@ def _template_regex(regex: str) -> re.Pattern | None:
                 out.append(".*")
         return "".join(out)
 
-    return re.compile("(?s:" + build(parsed) + ")\\Z")
+    screen = re.compile("(?s:" + build(parsed) + ")\\Z")
+    build = None  # break the recursive closure's reference cycle
+    return screen
 
 
 def nearest(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:

@@ -110,6 +110,7 @@ def walk(model: nn.Module) -> Tree:
                   depth + 1)
 
     visit(ModuleSlot("", "", model, None, ""), 0)
+    visit = None  # a recursive closure is a reference cycle: it would keep every slot alive until a GC pass
     return Tree(tuple(modules), tuple(tensors), tuple(unregistered))
 
 
