@@ -79,11 +79,25 @@ def compile_pattern(text: str, tag: int) -> Pattern:
         raise PatternError(text, f"invalid glob {text!r}: {exc}") from None
 
 
+_GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")   # fnmatch's [..] / [!..] (a leading ] is a member)
+_DIGITS_AND_HASH = "0123456789#"
+
+
 def _template_safe(pattern: Pattern) -> bool:
-    """A glob of ``*`` and non-digit characters: its answer depends only on the name's template."""
+    """A glob whose answer depends only on the name's template (digits -> ``#``): no digit or
+    ``#`` outside classes, and every ``[..]`` takes all of the digits and ``#`` or none of them
+    (``?`` and ``*`` take any character, so they cannot tell a digit from ``#`` either)."""
     text = pattern.text
-    return (pattern.regex is not None and not text.startswith("re:")
-            and not any(c.isdigit() or c in "?[]#" for c in text))
+    if pattern.regex is None or text.startswith("re:"):
+        return False
+    outside = _GLOB_CLASS.sub("", text)
+    if any(c.isdigit() or c in "#[]" for c in outside):
+        return False
+    for found in _GLOB_CLASS.finditer(text):
+        member = re.compile(fnmatch.translate(found.group())).match
+        if len({member(c) is not None for c in _DIGITS_AND_HASH}) > 1:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -799,8 +799,9 @@ def _defaults(spec: Spec, entries: list[Entry], uncovered: list[tuple[str, Tenso
                                     f"default: reset, but {type(module).__name__} (owner of {name!r}) has no reset_parameters()",
                                     "add a rule for it, or use default: keep"))
     # reset_parameters() rewrites everything its module holds (BatchNorm: running stats too)
-    entries = [e._replace(action="reset") if e.name in to_reset
-               or (e.action == "keep" and e.name.rpartition(".")[0] in resets) else e for e in entries]
+    if to_reset or resets:
+        entries = [e._replace(action="reset") if e.name in to_reset
+                   or (e.action == "keep" and e.name.rpartition(".")[0] in resets) else e for e in entries]
     return entries, list(resets)
 
 

@@ -72,3 +72,20 @@ def test_invalid_patterns():
 def test_captures():
     assert glob_captures("layers.*.fc?.weight", "layers.3.fc1.weight") == ("3", "1")
     assert glob_captures(r"re:h\.(\d+)\.w", "h.12.w") == ("12",)
+
+
+def test_template_answers_for_question_marks_and_classes():
+    """``?`` and classes that take all or none of the digits are answered per template; classes
+    that take some digits (``[0-4]``, ``[+-;]``) or ``#`` are not; every answer equals fnmatch."""
+    from initspec.match import _template_safe
+    safe = {"*ln_?.weight": True, "*.[qk]_norm.weight": True, "*.[!a-z]x": True, "*[!#0-9]*": True,
+            "*.[0-4].w": False, "*.[+-;].w": False, "*.[!0-9]*": False, "*#*": False, "*[#]*": False, "h.1?.x": False}
+    for text, expected in safe.items():
+        assert _template_safe(compile_pattern(text, 0)) is expected, text
+    rng = random.Random(0)
+    names = ["".join(rng.choice("ab.01#9_q") for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+    names += ["h.1.ln_1.weight", "h.12.ln_2.weight", "h.3.q_norm.weight", "h.3.x_norm.weight", "h.#.ln_#.weight"]
+    patterns = [*safe, "*.?", "?[!a]*", "[!.]*", "*?.?", "*[.-:]*", "*[ab]?"]
+    compiled = [compile_pattern(p, i) for i, p in enumerate(patterns)]
+    for name, tags in zip(names, PatternSet(compiled).match(names)):
+        assert tags == [i for i, p in enumerate(patterns) if fnmatch.fnmatchcase(name, p)], name
