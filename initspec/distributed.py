@@ -11,7 +11,8 @@ The flow (every rank runs it; see examples/fsdp_train.py)::
     initspec.apply(model, spec, device="cpu")         # each rank fills only its shard
 
 ``initspec.apply`` gives every meta DTensor parameter local storage in place
-(``swap_tensors``, the object stays the same) and draws only the chunks of
+(``swap_tensors``, the object stays the same; an FSDP2 shard is allocated in
+FSDP2's padded layout, so FSDP2 makes no padded copy of it) and draws only the chunks of
 the per-parameter streams its shard overlaps, so the gathered tensors are
 bitwise what one process gets with the same spec and seed.
 """

@@ -12,6 +12,7 @@ proven finite at plan time, so this phase has nothing left to fail on.
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,11 +59,20 @@ class Region:
         return tuple(slice(o, o + n) for o, n in zip(self.offset, self.local.shape))
 
 
-def region_of(tensor: torch.Tensor) -> Region:
+def region_of(tensor: torch.Tensor, cache: dict | None = None) -> Region:
+    """``cache``: a dict kept for the duration of one call over tensors that stay alive (its
+    keys hold mesh ids): equal shapes on one mesh and placements are computed once."""
     if is_dtensor(tensor):
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
         local = local_tensor(tensor)
-        shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+        mesh, placements = tensor.device_mesh, tensor.placements
+        key = (tuple(tensor.shape), id(mesh), tuple(placements))
+        found = cache.get(key) if cache is not None else None
+        if found is None:
+            found = compute_local_shape_and_global_offset(tensor.shape, mesh, placements)
+            if cache is not None:
+                cache[key] = found
+        shape, offset = found
         if tuple(local.shape) != tuple(shape):  # padded shard storage
             local = local[tuple(slice(0, n) for n in shape)]
         return Region(local, tuple(offset), tuple(tensor.shape))
@@ -88,7 +98,8 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
         fresh = {e.name for e in entries if is_meta(layout.tensors[e.name])}
         undo_materialize = _materialize(layout, entries, device)
         undo_resets = _resets(plan, layout)
-        staged = _stage(plan, layout, entries, threads, fresh)
+        regions: dict = {}
+        staged = _stage(plan, layout, entries, threads, fresh, regions)
     except BaseException as exc:
         _restore(undo_resets)
         _restore(undo_materialize)
@@ -105,7 +116,7 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
                 if entry.action != "fill":
                     continue
                 tensor = _current(layout, entry)
-                region = region_of(tensor)
+                region = region_of(tensor, regions)
                 if entry.staged:
                     tasks.append((region.local.numel(), _copier(region.local, staged[entry.name])))
                 else:
@@ -305,13 +316,16 @@ def materialize(items: list[tuple[str, torch.Tensor, list[TensorSlot]]], device:
     """
     device = torch.device(device)
     undo: list = []
+    fsdp_params: dict[int, Any] | None = None
     try:
         with torch.no_grad():
             for name, old, slots in items:
                 if is_dtensor(old) and isinstance(old, nn.Parameter):
                     if not undo or not isinstance(undo[0], _FsdpRefresh):
                         undo.insert(0, _FsdpRefresh(tree))   # restored last: after the swaps are undone
-                    undo.append(_swap_in(name, old, device))
+                    if fsdp_params is None:
+                        fsdp_params = _fsdp_params(tree)
+                    undo += _swap_in(name, old, device, fsdp_params.get(id(old)))
                     continue
                 new = (torch.empty_like(old, device=device) if is_dtensor(old)
                        else torch.empty(old.shape, dtype=old.dtype, device=device))
@@ -344,22 +358,86 @@ class _FsdpRefresh:
     tree: Any
 
 
-def _swap_in(name: str, old: nn.Parameter, device: torch.device) -> _Swap:
+@dataclass(frozen=True)
+class _ShardData:
+    """Undo record: the ``_sharded_param_data`` an FSDP2 parameter had before."""
+
+    fsdp_param: Any
+    data: torch.Tensor
+
+
+def _swap_in(name: str, old: nn.Parameter, device: torch.device, fsdp_param: Any = None) -> list:
     """Give a meta DTensor parameter local storage on ``device`` *in place* (``swap_tensors``,
     as ``Module.to_empty`` does for DTensors): the object stays the same, so ties, FSDP2's
-    bookkeeping and optimizers that already hold it stay valid."""
-    new = nn.Parameter(torch.empty_like(old, device=device), requires_grad=old.requires_grad)
+    bookkeeping and optimizers that already hold it stay valid. Returns undo records.
+
+    For an FSDP2 ``Shard(0)`` parameter (``fsdp_param``) the storage is allocated padded, as
+    FSDP2 keeps it (its all-gather input): the local tensor is a view of the real rows and
+    FSDP2's ``_sharded_param_data`` the whole padded storage, so ``reset_sharded_param()``
+    finds its own layout and copies nothing (for an unevenly sharded parameter it would
+    otherwise allocate a zeroed padded copy of the shard and copy the shard into it).
+    """
+    padded = _padded_storage(old, device, fsdp_param)
+    if padded is None:
+        local = torch.empty_like(old, device=device)
+    else:
+        from torch.distributed.tensor import DTensor
+        rows = old._local_tensor.shape[0]
+        if rows < padded.shape[0]:
+            padded[rows:].zero_()   # FSDP2 pads with zeros
+        local = DTensor(padded.narrow(0, 0, rows), old._spec, requires_grad=False)
+    new = nn.Parameter(local, requires_grad=old.requires_grad)
     try:
         torch.utils.swap_tensors(old, new)
     except RuntimeError as exc:
         raise InitSpecError("device", f"cannot materialize the meta DTensor {name!r} in place: {exc}",
                             "drop other references to the meta parameter (e.g. an autograd graph) before apply") from None
-    return _Swap(old, new)
+    undo: list = [_Swap(old, new)]
+    if padded is not None:
+        undo.append(_ShardData(fsdp_param, fsdp_param._sharded_param_data))
+        fsdp_param._sharded_param_data = padded.view(-1)
+    return undo
+
+
+def _padded_storage(old: nn.Parameter, device: torch.device, fsdp_param: Any) -> torch.Tensor | None:
+    """Uninitialized padded shard storage for ``old`` as FSDP2 lays it out, or None when
+    ``old`` is not an FSDP2 ``Shard(0)`` parameter in the plain layout (then FSDP2 pads)."""
+    if fsdp_param is None:
+        return None
+    try:
+        placement = fsdp_param.fsdp_placement
+        padded_size = tuple(fsdp_param.padded_sharded_param_size)
+        data = fsdp_param._sharded_param_data
+        if (getattr(placement, "dim", None) != 0 or getattr(fsdp_param, "pin_memory", False)
+                or fsdp_param.sharded_param is not old or type(data) is not torch.Tensor):
+            return None
+    except AttributeError:   # another FSDP2 version: let reset_sharded_param() pad
+        return None
+    local = old._local_tensor
+    if (type(local) is not torch.Tensor or hasattr(local, "fsdp_pre_all_gather") or not local.is_contiguous()
+            or not padded_size or local.dim() != len(padded_size) or tuple(local.shape[1:]) != padded_size[1:]
+            or local.shape[0] > padded_size[0] or math.prod(padded_size) == 0):
+        return None
+    return torch.empty(padded_size, dtype=local.dtype, device=device)
+
+
+def _fsdp_params(tree: Any) -> dict[int, Any]:
+    """id(sharded parameter) -> its FSDP2 ``FSDPParam``, over every ``fully_shard`` module."""
+    found: dict[int, Any] = {}
+    for slot in tree.modules:
+        state = getattr(slot.module, "_get_fsdp_state", None)
+        if state is None:
+            continue
+        for group in getattr(state(), "_fsdp_param_groups", ()):
+            for fsdp_param in group.fsdp_params:
+                found[id(fsdp_param.sharded_param)] = fsdp_param
+    return found
 
 
 def _refresh_fsdp(tree: Any) -> None:
     """FSDP2 keeps a padded copy of each shard; after materializing, re-register the shards
-    (what FSDP2's own ``Module._apply`` hook does after ``to_empty``)."""
+    (what FSDP2's own ``Module._apply`` hook does after ``to_empty``). Shards materialized
+    into FSDP2's padded layout (``_swap_in``) are recognized as such and not copied."""
     for slot in tree.modules:
         state = getattr(slot.module, "_get_fsdp_state", None)
         if state is None:
@@ -384,6 +462,9 @@ def _restore(undo: list) -> None:
             continue
         if isinstance(record, _FsdpRefresh):
             _refresh_fsdp(record.tree)
+            continue
+        if isinstance(record, _ShardData):
+            record.fsdp_param._sharded_param_data = record.data
             continue
         slot, old = record
         if isinstance(slot, TensorSlot):
@@ -418,7 +499,7 @@ def _resets(plan: Plan, layout: Layout) -> list:
 
 
 def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int,
-           fresh: set[str] = frozenset()) -> dict[str, torch.Tensor]:
+           fresh: set[str] = frozenset(), regions: dict | None = None) -> dict[str, torch.Tensor]:
     """Compute staged pipelines into temporaries and check them.
 
     A pipeline that starts from the current values gets a copy of them; a
@@ -431,7 +512,7 @@ def _stage(plan: Plan, layout: Layout, entries: list[Entry], threads: int,
         if entry.action != "fill" or not entry.staged:
             continue
         tensor = _current(layout, entry)
-        region = region_of(tensor)
+        region = region_of(tensor, regions)
         if reads_existing(entry.ops) or (starts_custom(entry.ops) and entry.name not in fresh):
             temp = region.local.detach().clone()
         elif starts_custom(entry.ops):

@@ -7,7 +7,9 @@ and seed, bitwise. World size 1 runs the same code in a spawned process too.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import math
 import os
 import re
 import socket
@@ -128,6 +130,56 @@ def _gather(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
 
 
+def _fsdp_params(model: nn.Module) -> dict[str, object]:
+    """Parameter name -> its FSDP2 ``FSDPParam``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    found = {}
+    for module in model.modules():
+        state = getattr(module, "_get_fsdp_state", None)
+        if state is not None:
+            for group in state()._fsdp_param_groups:
+                for fsdp_param in group.fsdp_params:
+                    found[names[id(fsdp_param.sharded_param)]] = fsdp_param
+    return found
+
+
+@contextlib.contextmanager
+def _fsdp_resets():
+    """Records every FSDP2 ``reset_sharded_param()`` on materialized storage as (shard data kept,
+    local tensor kept): FSDP2 replaces both when it pads a shard into a copy of its own."""
+    from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+    calls: list[tuple[bool, bool]] = []
+    original = FSDPParam.reset_sharded_param
+
+    def reset(self):
+        data, local = self._sharded_param_data, self.sharded_param._local_tensor
+        original(self)
+        if not local.is_meta:
+            calls.append((self._sharded_param_data is data, self.sharded_param._local_tensor is local))
+
+    FSDPParam.reset_sharded_param = reset
+    try:
+        yield calls
+    finally:
+        FSDPParam.reset_sharded_param = original
+
+
+def _shard_storage(model: nn.Module) -> dict[str, tuple]:
+    """Per FSDP2 parameter: (local rows, padded rows, FSDP2's all-gather input is the very storage
+    of the parameter's local tensor and nothing more, its padding rows are zero)."""
+    out = {}
+    for name, fsdp_param in _fsdp_params(model).items():
+        local, data = fsdp_param.sharded_param._local_tensor, fsdp_param._sharded_param_data
+        padded = tuple(fsdp_param.padded_sharded_param_size)
+        storage = local.untyped_storage()
+        shared = (type(data) is torch.Tensor and data.untyped_storage().data_ptr() == storage.data_ptr() > 0
+                  and data.storage_offset() == local.storage_offset() == 0 and data.numel() == math.prod(padded)
+                  and storage.nbytes() == data.numel() * data.element_size())
+        pad = data.view(padded)[local.shape[0]:]
+        out[name] = (local.shape[0], padded[0], shared, bool((pad == 0).all()))
+    return out
+
+
 def _scenarios(rank: int, world: int, files: dict) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -158,13 +210,16 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     streams.Stream.generator, kernels.read_rows = recording_generator, recording_read
     start = time.perf_counter()
     try:
-        initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
+        with _fsdp_resets() as resets:
+            initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
     finally:
         streams.Stream.generator, kernels.read_rows = generator, read_rows
+    out["wide_resets"] = resets
     out["wide_seconds"] = time.perf_counter() - start
     out["wide_same_objects"] = all(id(p) == ids[n] for n, p in wide.named_parameters())
     out["wide_local_rows"] = {n: (p.to_local().shape[0], p.shape[0]) for n, p in wide.named_parameters()}
     out["drawn"], out["reads"] = drawn, reads
+    out["wide_storage"] = _shard_storage(wide)
     initspec.save_checkpoint(wide, files["saved"])   # gathers on every rank, rank 0 writes
     out["wide"] = _gather(wide)
 
@@ -202,7 +257,10 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     for block in gpt.transformer.h:
         fully_shard(block, mesh=mesh)
     fully_shard(gpt, mesh=mesh)   # wte and lm_head share the root group
-    initspec.apply(gpt, GPT_SPEC, device="cpu")
+    with _fsdp_resets() as resets:
+        initspec.apply(gpt, GPT_SPEC, device="cpu")
+    out["gpt_resets"] = resets
+    out["gpt_storage"] = _shard_storage(gpt)
     out["gpt"] = _gather(gpt)
     out["gpt_tied_after_apply"] = gpt.lm_head.weight is gpt.transformer.wte.weight
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
@@ -219,6 +277,33 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     out["gpt_tied_after_training"] = gpt.lm_head.weight is gpt.transformer.wte.weight
     out["gpt_names"] = [n for n, _ in gpt.named_parameters()]
     out["gpt_trained"] = _gather(gpt)
+    out["gpt_storage_trained"] = _shard_storage(gpt)
+
+    # A failed apply (after the shards were materialized) leaves FSDP2 as it was; a retry works
+    with torch.device("meta"):
+        retry = gpt_tiny(vocab_size=1001)
+    for block in retry.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(retry, mesh=mesh)
+    before = {n: (f.sharded_param, f._sharded_param_data) for n, f in _fsdp_params(retry).items()}
+    bad = {"seed": 7, "rules": {**GPT_SPEC["rules"], "boom": {
+        "match": "transformer.h.1.mlp.c_fc.weight", "priority": 5,
+        "init": [{"name": "normal"}, {"name": "scale", "by": 1e39}]}}}
+    try:
+        initspec.apply(retry, bad, device="cpu")
+        out["retry_error"] = None
+    except initspec.InitSpecError as exc:
+        out["retry_error"] = str(exc)
+    after = _fsdp_params(retry)
+    out["retry_meta"] = all(p.is_meta for p in retry.parameters())
+    out["retry_restored"] = (after.keys() == before.keys()
+                             and all(f.sharded_param is before[n][0] and f._sharded_param_data is before[n][1]
+                                     for n, f in after.items()))
+    with _fsdp_resets() as resets:
+        initspec.apply(retry, GPT_SPEC, device="cpu")
+    out["retry_resets"] = resets
+    out["retry_storage"] = _shard_storage(retry)
+    out["retry"] = _gather(retry)
 
     # Seed checkpoint (written by `initspec apply --out`): ties from its metadata, then shard, then load
     with torch.device("meta"):
@@ -401,6 +486,36 @@ def test_tied_embedding_stays_one_parameter_and_trains(run):
     _assert_equal(run["ranks"][0]["gpt"], want, "FSDP2 GPT")
     trained = run["ranks"][0]["gpt_trained"]["transformer.wte.weight"]
     assert not torch.equal(trained, want["transformer.wte.weight"])
+
+
+def test_uneven_shards_are_materialized_in_fsdp2s_padded_storage(run):
+    """FSDP2 all-gathers its padded ``_sharded_param_data``; apply allocates it directly (the
+    local tensor is a view of its real rows), so FSDP2 makes no padded copy of a shard."""
+    world = run["world"]
+    with torch.device("meta"):
+        model = gpt_tiny(vocab_size=1001)
+    want = _reference(model, GPT_SPEC)
+    uneven = set()
+    for r in run["ranks"]:
+        for key, params in (("wide_resets", "wide_storage"), ("gpt_resets", "gpt_storage"),
+                            ("retry_resets", "retry_storage")):
+            calls = r[key]   # one reset per FSDP2 parameter, each keeping the shard it found
+            assert len(calls) == len(r[params]), key
+            assert all(data and local for data, local in calls), (key, r["rank"], calls)
+        for key in ("wide_storage", "gpt_storage", "gpt_storage_trained", "retry_storage"):
+            storage = r[key]
+            assert storage, key
+            for name, (rows, padded, shared, zero) in storage.items():
+                assert shared and zero, (key, name, r["rank"], rows, padded)
+                if rows < padded:
+                    uneven.add((key, name))
+    if world > 1:   # 1001 rows over 2 or 4 ranks: the last rank's shard is padded
+        assert ("gpt_storage", "transformer.wte.weight") in uneven
+        assert ("wide_storage", "emb.weight") in uneven
+    for r in run["ranks"]:   # the failed apply put back FSDP2's own (meta) shard data
+        assert r["retry_error"] and "rules.boom" in r["retry_error"], r["retry_error"]
+        assert r["retry_meta"] and r["retry_restored"]
+    _assert_equal(run["ranks"][0]["retry"], want, "FSDP2 GPT after a failed apply")
 
 
 def test_seed_checkpoint_from_cli_loads_sharded_with_ties(run):
