@@ -16,7 +16,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -423,28 +423,25 @@ def _padded_storage(old: nn.Parameter, device: torch.device, fsdp_param: Any) ->
 
 def _fsdp_params(tree: Any) -> dict[int, Any]:
     """id(sharded parameter) -> its FSDP2 ``FSDPParam``, over every ``fully_shard`` module."""
-    found: dict[int, Any] = {}
+    return {id(fsdp_param.sharded_param): fsdp_param for fsdp_param in _each_fsdp_param(tree)}
+
+
+def _each_fsdp_param(tree: Any) -> Iterator[Any]:
+    """Every FSDP2 ``FSDPParam`` of the ``fully_shard`` modules in ``tree``."""
     for slot in tree.modules:
         state = getattr(slot.module, "_get_fsdp_state", None)
         if state is None:
             continue
         for group in getattr(state(), "_fsdp_param_groups", ()):
-            for fsdp_param in group.fsdp_params:
-                found[id(fsdp_param.sharded_param)] = fsdp_param
-    return found
+            yield from group.fsdp_params
 
 
 def _refresh_fsdp(tree: Any) -> None:
     """FSDP2 keeps a padded copy of each shard; after materializing, re-register the shards
     (what FSDP2's own ``Module._apply`` hook does after ``to_empty``). Shards materialized
     into FSDP2's padded layout (``_swap_in``) are recognized as such and not copied."""
-    for slot in tree.modules:
-        state = getattr(slot.module, "_get_fsdp_state", None)
-        if state is None:
-            continue
-        for group in getattr(state(), "_fsdp_param_groups", ()):
-            for fsdp_param in group.fsdp_params:
-                fsdp_param.reset_sharded_param()
+    for fsdp_param in _each_fsdp_param(tree):
+        fsdp_param.reset_sharded_param()
 
 
 def _set(slot: TensorSlot, tensor: torch.Tensor) -> None:
