@@ -165,19 +165,19 @@ def cmd_check(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
-    from .render import render_rule_stats
-    model, report = _build(cfg, args)
-    print(report.explain(width=args.width))
-    print(render_rule_stats(report, width=args.width))
-    if args.plot:
-        plot_histograms(report, args.plot)
-        print(f"histograms: {args.plot}")
-    return 0
+    return _show_stats(cfg, args, with_plan=True)
 
 
 def cmd_stats(cfg: Any, args: argparse.Namespace) -> int:
+    return _show_stats(cfg, args, with_plan=False)
+
+
+def _show_stats(cfg: Any, args: argparse.Namespace, with_plan: bool) -> int:
+    """Build and initialize; print the report table (``run``), per-rule statistics, histograms."""
     from .render import render_rule_stats
     model, report = _build(cfg, args)
+    if with_plan:
+        print(report.explain(width=args.width))
     print(render_rule_stats(report, width=args.width))
     if args.plot:
         plot_histograms(report, args.plot)

@@ -1,4 +1,6 @@
 """initspec.build: empty construction, one materialization, ties kept, vars from the model config."""
+import contextlib
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -10,6 +12,23 @@ from initspec.builder import meta_parameters
 
 GPT = {"_target_": "initspec.models.gpt.GPT", "vocab_size": 128, "n_positions": 32, "n_embd": 64, "n_layer": 4,
        "n_head": 4}
+
+
+@contextlib.contextmanager
+def linear_resets_seen():
+    """Records, for each nn.Linear.reset_parameters() call, whether its weight was on meta."""
+    calls: list[bool] = []
+    original = nn.Linear.reset_parameters
+
+    def spy(self):
+        calls.append(self.weight.is_meta)
+        original(self)
+
+    nn.Linear.reset_parameters = spy
+    try:
+        yield calls
+    finally:
+        nn.Linear.reset_parameters = original
 
 
 def test_build_from_target_config_resolves_model_vars_and_keeps_ties():
@@ -33,19 +52,9 @@ def test_build_equals_apply_on_a_normally_built_model():
 
 
 def test_no_double_init_parameters_never_hold_default_values():
-    calls = []
-    original = nn.Linear.reset_parameters
-
-    def spy(self):
-        calls.append(self.weight.is_meta)
-        original(self)
-
-    nn.Linear.reset_parameters = spy
-    try:
+    with linear_resets_seen() as calls:
         initspec.build(lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
                        {"rules": {"all": {"match": "*", "init": "zeros"}}})
-    finally:
-        nn.Linear.reset_parameters = original
     assert calls == [True, True]   # default init ran on meta tensors only: free
 
 
@@ -121,18 +130,8 @@ def test_checkpoint_round_trip_restores_ties(tmp_path):
 
 
 def test_empty_init_false_builds_normally_and_gives_the_same_values():
-    calls = []
-    original = nn.Linear.reset_parameters
-
-    def spy(self):
-        calls.append(self.weight.is_meta)
-        original(self)
-
-    nn.Linear.reset_parameters = spy
-    try:
+    with linear_resets_seen() as calls:
         full, _ = initspec.build(GPT, "gpt2", seed=3, empty_init=False)
-    finally:
-        nn.Linear.reset_parameters = original
     assert calls and not any(calls)    # PyTorch's default init really ran on real tensors
     empty, _ = initspec.build(GPT, "gpt2", seed=3)
     for (n1, p1), (n2, p2) in zip(full.named_parameters(), empty.named_parameters()):
