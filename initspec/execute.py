@@ -67,11 +67,10 @@ def region_of(tensor: torch.Tensor, cache: dict | None = None) -> Region:
         local = local_tensor(tensor)
         mesh, placements = tensor.device_mesh, tensor.placements
         key = (tuple(tensor.shape), id(mesh), tuple(placements))
-        found = cache.get(key) if cache is not None else None
+        cache = {} if cache is None else cache
+        found = cache.get(key)
         if found is None:
-            found = compute_local_shape_and_global_offset(tensor.shape, mesh, placements)
-            if cache is not None:
-                cache[key] = found
+            found = cache[key] = compute_local_shape_and_global_offset(tensor.shape, mesh, placements)
         shape, offset = found
         if tuple(local.shape) != tuple(shape):  # padded shard storage
             local = local[tuple(slice(0, n) for n in shape)]
