@@ -135,7 +135,23 @@ class Compiled(nn.Module):
         self.mask = torch.zeros(3)      # a loose tensor attribute
 
 
-@pytest.mark.parametrize("make", [gpt_tiny, Deep, lambda: Compiled(Deep()),
+class Loose(nn.Module):
+    """Instances of one class whose attribute layouts differ (walk caches the layout per class and count)."""
+
+    def __init__(self, variant: int):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.x, self.z = (3, 4) if variant == 0 else (torch.zeros(1), torch.ones(1))
+        if variant == 2:   # same class and attribute count as variant 0, another attribute
+            del self.z
+            self.q = torch.zeros(2)
+
+
+def loose_layouts() -> nn.Module:
+    return nn.Sequential(Loose(0), Loose(1), Loose(0), Loose(2), Loose(0))
+
+
+@pytest.mark.parametrize("make", [gpt_tiny, Deep, lambda: Compiled(Deep()), loose_layouts,
                                   lambda: nn.DataParallel(nn.Sequential(nn.Linear(2, 2), Compiled(nn.BatchNorm1d(2))))])
 def test_walk_equals_reference(make):
     model = make()
