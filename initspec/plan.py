@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -214,12 +215,13 @@ def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple
     slots = tree.tensors
     columns = _columns(slots)
     slot_names = columns.names
-    selected = _select(rules, tree, slot_names, problems, columns)
+    selection = _select(rules, tree, slot_names, problems, columns)
     raise_all(problems)
 
     resets: dict[str, nn.Module] = {}
     ctx = _Context(dict(spec.vars), tuple(allow_fn), rules)
-    planned = _plan_columns(tree, groups, selected, ctx, columns) or _plan_loop(tree, groups, selected, ctx)
+    planned = (_plan_columns(tree, groups, selection, ctx, columns)
+               or _plan_loop(tree, groups, selection.selected, ctx))
     entries, tensors, slots_of, uncovered = planned.entries, planned.tensors, planned.slots_of, planned.uncovered
     matched_count, won_count, failing = planned.matched, planned.won, planned.failing
     problems += planned.problems
@@ -393,15 +395,16 @@ def _shapes(tensors: list[torch.Tensor]) -> list[tuple[int, ...]]:
     return list(map(as_tuple.__getitem__, sizes))
 
 
-def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]], ctx: _Context,
+def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx: _Context,
                   columns: _Columns) -> _Planned | None:
     """:func:`_plan_loop`, column by column: per unique tensor only C-level ``map``/``zip``.
 
-    Unique tensors with the same candidate rules (``selected`` shares one list per
-    distinct answer), tie candidates, shape and dtype get one decision, made in Python
-    on first sight (so resolution happens in the loop's order); only tensors whose ops
-    depend on their name or layer, or that need a check, are visited one by one.
-    None when ``Entry`` has changed shape (then the loop plans).
+    Unique tensors of one kind (the selection's code: same candidate rules, shape and
+    dtype; with ties or shared tensors, same candidates, tie candidates, shape and
+    dtype) get one decision, made in Python on first sight (so resolution happens in
+    the loop's order); only tensors whose ops depend on their name or layer, or that
+    need a check, are visited one by one. None when ``Entry`` has changed shape (then
+    the loop plans).
     """
     if Entry._fields != _ENTRY_FIELDS:
         return None
@@ -409,6 +412,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
     rule_names = [name for name, _ in rules]
     rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
     depends = [_depends(rule) for _, rule in rules]
+    selected = selection.selected
     rows, unit_tensors, members = _unit_rows(slots, columns.tensors, groups, tree)
     n = len(rows)
     alone = isinstance(rows, range)   # every slot its own unit
@@ -434,9 +438,10 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
         shapes = _shapes(unit_tensors)
         dtypes = list(map(attrgetter("dtype"), unit_tensors))
     dtype_names = {d: str(d).removeprefix("torch.") for d in set(dtypes)}
-    # ints only (hashed for free): candidate and tie lists stay alive, shapes are one object per shape
-    keys = list(zip(map(id, candidates), map(id, tied), map(id, shapes), map(id, dtypes)))
-    first = dict(zip(reversed(keys), range(n - 1, -1, -1)))
+    if alone:   # the selection's codes already tell the kinds apart (its key has the shape and dtype)
+        codes = selection.codes
+    else:       # ints only (hashed for free): candidate and tie lists stay alive, one object per shape
+        codes = _first_rows(list(zip(map(id, candidates), map(id, tied), map(id, shapes), map(id, dtypes))))
 
     def resolve(u: int, winner: int, shadowed: tuple[str, ...]) -> _Decision:
         per_name, per_layer = depends[winner]
@@ -449,8 +454,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
         needs = _FAILED if step_problems else _READS if ops and reads_existing(ops) else _FILL
         return _Decision("fill", rule_names[winner], ops, shadowed, std, staged, winner, needs, tuple(step_problems))
 
-    def decide(key) -> _Decision:
-        u = first[key]
+    def decide(u: int) -> _Decision:   # u: the first unique tensor of its kind
         tie_shadowed = tuple(f"{rule_names[r]} (tie)" for r in tied[u])
         if not candidates[u]:
             return _Decision("keep", None, (), tie_shadowed, None, False, None, _KEEP)
@@ -460,7 +464,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
             return _Decision("fill", rule_names[winner], (), shadowed, None, False, winner, _PER_TENSOR)
         return resolve(u, winner, shadowed)
 
-    decisions = list(map(_OnMiss(decide).__getitem__, keys))
+    decisions = list(map(_OnMiss(decide).__getitem__, codes))
     needs = list(map(itemgetter(7), decisions))
     problems: list[Problem] = []
     failing: dict[Problem, list[str]] = {}
@@ -477,8 +481,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
             problems.append(_reads_meta(names[u], decision.ops, *rules[decision.winner]))
             dropped.append(u)
     matched, won = [0] * len(rules), [0] * len(rules)
-    for key, count in Counter(keys).items():
-        u = first[key]
+    for u, count in Counter(codes).items():
         for r in (*candidates[u], *tied[u]):
             matched[r] += count
         if decisions[u].winner is not None:
@@ -496,26 +499,38 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selected: list[list[int]],
     entries = list(map(tuple.__new__, repeat(Entry), rows_out))
     uncovered = [(names[u], heads[u]) for u in compress(range(n), map(_KEEP.__eq__, needs))
                  if heads[u].kind == "parameter" or is_meta(unit_tensors[u])]
-    index = dict(zip(names, range(n)))
+    index = _NameIndex(names)
     return _Planned(entries, _ByName(index, unit_tensors.__getitem__),
                     _ByName(index, lambda u: held.get(u) or [heads[u]]), uncovered, matched, won, failing, problems)
 
 
 class _ByName(Mapping):
     """Unique tensor name -> ``value(unit)``, through one name index shared by the layout's maps
-    (two 100k-entry dicts and 100k one-slot lists fewer per plan)."""
+    (two 100k-entry dicts and 100k one-slot lists fewer per plan), built on the first lookup
+    (``plan()`` makes none)."""
 
-    def __init__(self, index: dict[str, int], value: Callable[[int], Any]):
+    def __init__(self, index: _NameIndex, value: Callable[[int], Any]):
         self.index, self.value = index, value
 
     def __getitem__(self, name: str) -> Any:
-        return self.value(self.index[name])
+        return self.value(self.index.of[name])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.index)
+        return iter(self.index.names)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index.names)
+
+
+class _NameIndex:
+    """Unique tensor names and, once first needed, name -> unit number."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    @functools.cached_property
+    def of(self) -> dict[str, int]:
+        return dict(zip(self.names, range(len(self.names))))
 
 
 def _unit_rows(slots, tensors: list[torch.Tensor], groups: list[TieGroup], tree: Tree):
@@ -539,8 +554,21 @@ def _unit_rows(slots, tensors: list[torch.Tensor], groups: list[TieGroup], tree:
     return rows, list(map(tensors.__getitem__, rows)), members
 
 
+class _Selection(NamedTuple):
+    """Per tensor slot, the rules that admit it, and a code for its kind."""
+
+    selected: list[list[int]]   # rule indices; one shared list per distinct answer (never mutated)
+    codes: list[int]            # the first slot with the same matches, kind, owner class, shape and dtype
+
+
+def _first_rows(keys: list) -> list[int]:
+    """For each row, the first row with an equal key."""
+    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+    return list(map(first.__getitem__, keys))
+
+
 def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problems: list[Problem],
-            columns: _Columns | None = None) -> list[list[int]]:
+            columns: _Columns | None = None) -> _Selection:
     """For each tensor slot, the rules (by index) whose match/exclude/module/ndim/buffers admit it."""
     match_patterns, exclude_patterns = [], []
     for r, (rule_name, rule) in enumerate(rules):
@@ -553,7 +581,7 @@ def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problem
                     problems.append(Problem(f"{ROOT}.rules.{rule_name}.{key}{index}", exc.what,
                                             "globs use * ? [..]; regexes start with 're:'"))
     if problems:
-        return []
+        return _Selection([], [])
     matched = PatternSet(match_patterns).match(names)
     excluded = PatternSet(exclude_patterns).match(names) if exclude_patterns else None
     needs_filter = [bool(rule.module or rule.ndim) for _, rule in rules]
@@ -561,15 +589,14 @@ def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problem
     slots = tree.tensors
     # What admits a tensor depends only on its tag lists (shared between names: match() gives
     # one list per distinct answer), kind, owner class, ndim and floating-pointness: one answer
-    # per distinct combination, computed on first sight, looked up in C for the other tensors.
+    # per distinct combination (the shape stands in for ndim: planning's kinds need it too),
+    # computed on first sight, looked up in C for the other tensors.
     columns = columns or _columns(slots)
-    keys = list(zip(map(id, matched), map(id, excluded) if excluded is not None else repeat(0),
-                    map(itemgetter(4), slots), map(type, map(itemgetter(2), map(itemgetter(2), slots))),
-                    map(len, columns.shapes), columns.dtypes))
-    first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1)))
+    codes = _first_rows(list(zip(map(id, matched), map(id, excluded) if excluded is not None else repeat(0),
+                                 map(itemgetter(4), slots), map(type, map(itemgetter(2), map(itemgetter(2), slots))),
+                                 map(id, columns.shapes), columns.dtypes)))
 
-    def admit(key) -> list[int]:
-        i = first[key]
+    def admit(i: int) -> list[int]:   # i: the first slot of its kind
         tags, slot = matched[i], slots[i]
         is_buffer = slot.kind == "buffer"
         if not tags or (is_buffer and not slot.tensor.is_floating_point()):
@@ -578,7 +605,7 @@ def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problem
         return [r for r in tags if not (is_buffer and not buffers_ok[r]) and r not in out
                 and not (needs_filter[r] and not _filters_pass(rules[r][1], slot))]
 
-    return list(map(_OnMiss(admit).__getitem__, keys))  # shared lists: never mutated
+    return _Selection(list(map(_OnMiss(admit).__getitem__, codes)), codes)
 
 
 def _filters_pass(rule: Rule, slot: TensorSlot) -> bool:

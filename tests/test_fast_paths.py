@@ -48,12 +48,12 @@ def both_planners(model: nn.Module, spec) -> int | None:
     groups, problems = expand_ties(spec, tree)
     rules = list(spec.rules.items())
     columns = plan_module._columns(tree.tensors)
-    selected = plan_module._select(rules, tree, columns.names, problems, columns)
+    selection = plan_module._select(rules, tree, columns.names, problems, columns)
     if problems:
         return None
-    by_columns = plan_module._plan_columns(tree, groups, selected, plan_module._Context(dict(spec.vars), (), rules),
+    by_columns = plan_module._plan_columns(tree, groups, selection, plan_module._Context(dict(spec.vars), (), rules),
                                            columns)
-    by_loop = plan_module._plan_loop(tree, groups, selected, plan_module._Context(dict(spec.vars), (), rules))
+    by_loop = plan_module._plan_loop(tree, groups, selection.selected, plan_module._Context(dict(spec.vars), (), rules))
     assert by_columns is not None, "the column planner declined (Entry changed? update _ENTRY_FIELDS)"
     assert _comparable(by_columns) == _comparable(by_loop)
     return len(by_loop.entries)
