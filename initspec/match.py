@@ -4,16 +4,18 @@ Patterns are globs over whole names (``*`` crosses dots), ``re:<regex>``
 (whole-name), or literal names. A :class:`PatternSet` compiles them once:
 
 * literal names go into a dict;
-* names are grouped by *template* (every digit replaced by ``#``): a model
-  with 100k tensors has a few hundred templates;
-* globs made only of non-digit literals and ``*`` cannot tell ``h.3.x`` from
-  ``h.17.x``, so they are matched once per template, and names sharing a
-  template share the answer;
+* names are grouped by *template*: every dot-separated component made only
+  of digits (and ``#``) becomes as many ``#`` (``layers.17.ln_1.weight`` ->
+  ``layers.##.ln_1.weight``); a model with 100k tensors has a few hundred;
+* a glob whose digits sit next to letters (``*.w2.weight``, ``*ln_[12]*``)
+  and that has no other digit cannot tell ``h.3.x`` from ``h.17.x``, so it is
+  matched once per template, and names sharing a template share the answer;
 * every other glob or regex runs its regex only on the names of templates
-  its *template regex* accepts (its regex with digits read as ``#`` and
-  everything but literals relaxed, built from the stdlib's regex parser);
-  when its literal prefix has digits (``blocks.3.*``), only on the range of
-  the template's sorted names that starts with it (bisection).
+  its *template regex* accepts (its regex with digits read as themselves or
+  ``#`` and everything but literals relaxed, built from the stdlib's regex
+  parser); when its literal prefix has digits (``blocks.3.*``), only on the
+  range of the template's sorted names that starts with it (bisection); a
+  pattern that takes every name of a template is recorded for the template.
 
 100k names x 200 patterns then costs a few dict lookups per name.
 """
@@ -23,13 +25,15 @@ import bisect
 import fnmatch
 import re
 from collections import defaultdict
-from itertools import compress
+from itertools import compress, count, repeat
+from operator import itemgetter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .regex_safety import backtracking_hazard
 
-_TO_TEMPLATE = str.maketrans("0123456789", "#" * 10)  # a template has "#" for every ASCII digit
+_TO_HASH = str.maketrans("0123456789", "#" * 10)    # every ASCII digit -> "#"
+_DROP_NUMERIC = str.maketrans("", "", "0123456789#")  # what is left of a component besides digits and "#"
 _GLOB_META = re.compile(r"[*?\[]")
 
 
@@ -84,20 +88,52 @@ _DIGITS_AND_HASH = "0123456789#"
 
 
 def _template_safe(pattern: Pattern) -> bool:
-    """A glob whose answer depends only on the name's template (digits -> ``#``): no digit or
-    ``#`` outside classes, and every ``[..]`` takes all of the digits and ``#`` or none of them
-    (``?`` and ``*`` take any character, so they cannot tell a digit from ``#`` either)."""
+    """A glob whose answer depends only on the name's template (:func:`template_of`).
+
+    Templates change only components made of digits and ``#``. ``*`` and ``?`` take
+    any character, so they cannot tell a digit from ``#``; a literal digit or ``#``,
+    or a class that takes some of the digits and ``#`` but not all, can, unless a
+    literal letter (any character but digits, ``#`` and ``.``) sits in the same
+    stretch of literals and dot-free classes: then every name it matches has a
+    letter in that component, which the template keeps as it is.
+    """
     text = pattern.text
     if pattern.regex is None or text.startswith("re:"):
         return False
-    outside = _GLOB_CLASS.sub("", text)
-    if any(c.isdigit() or c in "#[]" for c in outside):
+    if any(c in "[]" for c in _GLOB_CLASS.sub("", text)):
         return False
-    for found in _GLOB_CLASS.finditer(text):
-        member = re.compile(fnmatch.translate(found.group())).match
-        if len({member(c) is not None for c in _DIGITS_AND_HASH}) > 1:
-            return False
+    stretch: list[tuple[str, bool]] = []   # (token, tells a digit from '#' apart) since the last break
+    for token in _glob_tokens(text) + ["*"]:
+        tells = (token in _DIGITS_AND_HASH if len(token) == 1
+                 else len({_class_takes(token, c) for c in _DIGITS_AND_HASH}) > 1)
+        if token in ("*", "?", ".") or (len(token) > 1 and _class_takes(token, ".")):
+            glued = any(len(t) == 1 and t not in _DIGITS_AND_HASH for t, _ in stretch)
+            if (tells and len(token) > 1) or (not glued and any(told for _, told in stretch)):
+                return False   # (a class that takes '.' may sit in any component: it glues to nothing)
+            stretch = []
+        else:
+            stretch.append((token, tells))
     return True
+
+
+def _glob_tokens(text: str) -> list[str]:
+    """A glob as its characters and ``[..]`` classes."""
+    tokens: list[str] = []
+    at = 0
+    for found in _GLOB_CLASS.finditer(text):
+        tokens += text[at:found.start()]
+        tokens.append(found.group())
+        at = found.end()
+    return tokens + list(text[at:])
+
+
+def _class_takes(token: str, char: str) -> bool:
+    return re.fullmatch(fnmatch.translate(token), char) is not None
+
+
+def template_of(name: str) -> str:
+    """``name`` with every component made only of digits and ``#`` written as ``#``s."""
+    return ".".join("#" * len(c) if c and not c.translate(_DROP_NUMERIC) else c for c in name.split("."))
 
 
 @dataclass(frozen=True)
@@ -111,7 +147,7 @@ class _Screen:
     @property
     def narrows(self) -> bool:
         """The prefix has digits, so it tells apart names that share a template."""
-        return self.prefix != self.prefix.translate(_TO_TEMPLATE)
+        return self.prefix != self.prefix.translate(_TO_HASH)
 
 
 def _screen(pattern: Pattern) -> _Screen:
@@ -149,13 +185,8 @@ class PatternSet:
         out = [none] * len(names)  # shared lists: never mutated
         if not names:
             return out
-        templates = _templates(names)
-        groups: dict[str, list[int]] = defaultdict(list)   # template -> name indices, in order
-        for i, t in enumerate(templates):
-            groups[t].append(i)
-        if self.templated:
-            by_template = {t: [p.tag for p in self.templated if p.regex.match(t)] for t in groups}
-            out = list(map(by_template.__getitem__, templates))
+        groups = _template_groups(names)                     # template -> name indices, in order
+        by_template = {t: sorted({p.tag for p in self.templated if p.regex.match(t)}) for t in groups}
         group_names: dict[str, list[str]] = {}                 # template -> its names, in order
         ordered: dict[str, tuple[list[str], list[int]]] = {}  # template -> its names sorted, their indices
 
@@ -165,10 +196,10 @@ class PatternSet:
                 found = group_names[t] = list(map(names.__getitem__, groups[t]))
             return found
 
-        extra: dict[int, list[int]] = defaultdict(list)
+        extra: dict[int, list[int]] = defaultdict(list)       # name index -> tags beyond its template's
         where: dict[str, dict[str, list[int]]] = {}            # template -> its names -> their indices
         for text, tags in self.literal.items():
-            t = text.translate(_TO_TEMPLATE)
+            t = template_of(text)
             if t in groups:
                 if t not in where:
                     where[t] = _positions(names_of(t), groups[t])
@@ -186,11 +217,19 @@ class PatternSet:
                     sorted_names, order = ordered[t]
                     lo = bisect.bisect_left(sorted_names, prefix)
                     hi = bisect.bisect_left(sorted_names, prefix + "\U0010ffff", lo)
-                    members, candidates = order[lo:hi], sorted_names[lo:hi]
+                    candidates, within = sorted_names[lo:hi], order[lo:hi]
                 else:
-                    candidates = names_of(t)
-                for i in compress(members, map(match, candidates)):  # the regex runs in C; Python sees hits
+                    candidates, within = names_of(t), members
+                hits = list(compress(within, map(match, candidates)))   # the regex runs in C
+                if len(hits) == len(members):   # every name of the template: one answer for all
+                    by_template[t] = sorted({*by_template[t], tag})
+                    continue
+                for i in hits:
                     extra[i].append(tag)
+        for t, members in groups.items():
+            if by_template[t]:
+                for _ in map(out.__setitem__, members, repeat(by_template[t])):   # in C
+                    pass
         merged: dict[tuple, list[int]] = {}  # (answer so far, extra tags) -> one shared merged list
         for i, tags in extra.items():
             key = (id(out[i]), *tags)        # out[i] is a by_template list (alive) or `none`
@@ -211,12 +250,45 @@ def _positions(names: list[str], indices: list[int]) -> dict[str, list[int]]:
     return out
 
 
-def _templates(names: list[str]) -> list[str]:
-    """Each name with every ASCII digit replaced by ``#`` (one C-level pass over all names)."""
+def _template_groups(names: list[str]) -> dict[str, list[int]]:
+    """Template (:func:`template_of`) -> the indices of its names, in order.
+
+    Every digit goes to ``#`` first (one C-level pass over all names); then, in the
+    few groups whose ``#``s partly sit next to letters (``w#``, ``ln_#``), the names'
+    own characters there split the group.
+    """
     joined = "\n".join(names)
     if joined.count("\n") == len(names) - 1:
-        return joined.translate(_TO_TEMPLATE).split("\n")
-    return [n.translate(_TO_TEMPLATE) for n in names]
+        hashed = joined.translate(_TO_HASH).split("\n")
+    else:
+        hashed = [n.translate(_TO_HASH) for n in names]
+    kept = {t: _kept_positions(t) for t in dict.fromkeys(hashed)}
+    pick = {t: itemgetter(*at) if at else None for t, at in kept.items()}
+    found: dict = defaultdict(list)   # template, or (digit template, the names' characters there) -> indices
+    for i, t, name in zip(count(), hashed, names):
+        get = pick[t]
+        found[t if get is None else (t, get(name))].append(i)
+    groups: dict[str, list[int]] = {}
+    for key, members in found.items():
+        if isinstance(key, str):
+            groups[key] = members
+            continue
+        t, chars = key
+        template = list(t)
+        for at, char in zip(kept[t], chars if len(kept[t]) > 1 else (chars,)):
+            template[at] = char
+        groups["".join(template)] = members
+    return groups
+
+
+def _kept_positions(hashed: str) -> list[int]:
+    """Positions of ``#`` (from a digit or ``#``) in components that have other characters too."""
+    kept, at = [], 0
+    for component in hashed.split("."):
+        if "#" in component and component.strip("#"):
+            kept += [at + i for i, c in enumerate(component) if c == "#"]
+        at += len(component) + 1
+    return kept
 
 
 def _literal_prefix(pattern: Pattern) -> str:
@@ -264,8 +336,9 @@ def _template_regex(regex: str) -> re.Pattern | None:
     def build(items) -> str:
         out = []
         for op, value in items:
-            if op is c.LITERAL:
-                out.append(re.escape(chr(value).translate(_TO_TEMPLATE)))
+            if op is c.LITERAL:   # a digit stays itself next to letters, else it is "#"
+                char = chr(value)
+                out.append(f"[#{char}]" if char in "0123456789" else re.escape(char))
             elif op is c.SUBPATTERN and not value[1] & re.IGNORECASE:
                 out.append("(?:" + build(value[3]) + ")")
             elif atomic is not None and op is atomic:
