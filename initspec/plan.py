@@ -212,8 +212,7 @@ def _make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...]) -> tuple
     raise_all(problems)
 
     rules = list(spec.rules.items())
-    slots = tree.tensors
-    columns = _columns(slots)
+    columns = _columns(tree)
     slot_names = columns.names
     selection = _select(rules, tree, slot_names, problems, columns)
     raise_all(problems)
@@ -381,11 +380,15 @@ class _Columns(NamedTuple):
     tensors: list[torch.Tensor]
     shapes: list[tuple[int, ...]]   # one tuple object per distinct shape
     dtypes: list[torch.dtype]
+    kinds: list[str]
+    owner_classes: list[type]
 
 
-def _columns(slots: tuple[TensorSlot, ...]) -> _Columns:
-    tensors = list(map(itemgetter(5), slots))
-    return _Columns(list(map(itemgetter(0), slots)), tensors, _shapes(tensors), list(map(attrgetter("dtype"), tensors)))
+def _columns(tree: Tree) -> _Columns:
+    c = tree.tensor_columns
+    owner_classes = list(map(type, tree.module_columns.modules))
+    return _Columns(c.names, c.tensors, _shapes(c.tensors), list(map(attrgetter("dtype"), c.tensors)), c.kinds,
+                    list(map(owner_classes.__getitem__, c.owners)))
 
 
 def _shapes(tensors: list[torch.Tensor]) -> list[tuple[int, ...]]:
@@ -408,15 +411,17 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
     """
     if Entry._fields != _ENTRY_FIELDS:
         return None
-    rules, slots = ctx.rules, tree.tensors
+    rules = ctx.rules
     rule_names = [name for name, _ in rules]
     rank = [(rule.priority, r) for r, (_, rule) in enumerate(rules)]
     depends = [_depends(rule) for _, rule in rules]
     selected = selection.selected
-    rows, unit_tensors, members = _unit_rows(slots, columns.tensors, groups, tree)
+    rows, unit_tensors, members = _unit_rows(columns.names, columns.tensors, groups, tree)
     n = len(rows)
-    alone = isinstance(rows, range)   # every slot its own unit
-    heads = slots if alone else list(map(slots.__getitem__, rows))
+    alone = isinstance(rows, range)   # every slot its own unit: no slot objects needed to plan
+    slots = () if alone else tree.tensors
+    heads = None if alone else list(map(slots.__getitem__, rows))
+    head_of = tree.tensor if alone else heads.__getitem__   # the slot of unit u (for the few resolved)
     candidates = selected if alone else list(map(selected.__getitem__, rows))
     tied: list[tuple[int, ...]] = [()] * n
     aliases: list[tuple[str, ...]] = [()] * n
@@ -432,9 +437,10 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
         aliases[u] = tuple(slots[i].name for i in rows_of_tensor if slots[i] is not head)
         held[u] = [slots[i] for i in rows_of_tensor]
     if alone:
-        names, shapes, dtypes = columns.names, columns.shapes, columns.dtypes
+        names, kinds, shapes, dtypes = columns.names, columns.kinds, columns.shapes, columns.dtypes
     else:                         # (a tied target's unit tensor is its source)
         names = list(map(itemgetter(0), heads))
+        kinds = list(map(itemgetter(4), heads))
         shapes = _shapes(unit_tensors)
         dtypes = list(map(attrgetter("dtype"), unit_tensors))
     dtype_names = {d: str(d).removeprefix("torch.") for d in set(dtypes)}
@@ -449,7 +455,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
         key = (winner, shapes[u], dtypes[u], name if per_name else None, layer_of(name) if per_layer else None)
         found = ctx.cache.get(key)
         if found is None:
-            found = ctx.cache[key] = _resolve_uncached(winner, heads[u], unit_tensors[u], shapes[u], ctx)
+            found = ctx.cache[key] = _resolve_uncached(winner, head_of(u), unit_tensors[u], shapes[u], ctx)
         ops, std, staged, step_problems = found
         needs = _FAILED if step_problems else _READS if ops and reads_existing(ops) else _FILL
         return _Decision("fill", rule_names[winner], ops, shadowed, std, staged, winner, needs, tuple(step_problems))
@@ -487,7 +493,7 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
         if decisions[u].winner is not None:
             won[decisions[u].winner] += count
     tie_of = _tie_membership(groups, tree)
-    rows_out = zip(names, aliases, map(itemgetter(4), heads), shapes, map(dtype_names.__getitem__, dtypes),
+    rows_out = zip(names, aliases, kinds, shapes, map(dtype_names.__getitem__, dtypes),
                    map(itemgetter(0), decisions), map(itemgetter(1), decisions), map(itemgetter(2), decisions),
                    map(tie_of.get, names) if tie_of else repeat(None), map(itemgetter(3), decisions),
                    map(itemgetter(4), decisions), map(itemgetter(5), decisions))
@@ -497,11 +503,13 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
             keep[u] = False
         rows_out = compress(rows_out, keep)
     entries = list(map(tuple.__new__, repeat(Entry), rows_out))
-    uncovered = [(names[u], heads[u]) for u in compress(range(n), map(_KEEP.__eq__, needs))
-                 if heads[u].kind == "parameter" or is_meta(unit_tensors[u])]
+    bare = [u for u in compress(range(n), map(_KEEP.__eq__, needs)) if kinds[u] == "parameter" or is_meta(unit_tensors[u])]
+    heads = heads or (tree.tensors if bare else ())
+    uncovered = [(names[u], heads[u]) for u in bare]
     index = _NameIndex(names)
     return _Planned(entries, _ByName(index, unit_tensors.__getitem__),
-                    _ByName(index, lambda u: held.get(u) or [heads[u]]), uncovered, matched, won, failing, problems)
+                    _ByName(index, lambda u: held.get(u) or [(heads or tree.tensors)[u]]), uncovered, matched, won,
+                    failing, problems)
 
 
 class _ByName(Mapping):
@@ -533,7 +541,7 @@ class _NameIndex:
         return dict(zip(self.names, range(len(self.names))))
 
 
-def _unit_rows(slots, tensors: list[torch.Tensor], groups: list[TieGroup], tree: Tree):
+def _unit_rows(names: list[str], tensors: list[torch.Tensor], groups: list[TieGroup], tree: Tree):
     """:func:`_units` by columns: the first slot row of every unique tensor, the tensors, and
     for tensors held by several slots, their first row -> all their rows."""
     replaced = {}
@@ -541,7 +549,7 @@ def _unit_rows(slots, tensors: list[torch.Tensor], groups: list[TieGroup], tree:
         for target, source in group.tensor_map(tree).items():
             replaced[target] = tree.by_tensor_name[source].tensor
     if replaced:
-        tensors = list(map(replaced.get, map(itemgetter(0), slots), tensors))
+        tensors = list(map(replaced.get, names, tensors))
     ids = list(map(id, tensors))
     if len(set(ids)) == len(ids):
         return range(len(ids)), tensors, {}
@@ -586,18 +594,16 @@ def _select(rules: list[tuple[str, Rule]], tree: Tree, names: list[str], problem
     excluded = PatternSet(exclude_patterns).match(names) if exclude_patterns else None
     needs_filter = [bool(rule.module or rule.ndim) for _, rule in rules]
     buffers_ok = [rule.buffers for _, rule in rules]
-    slots = tree.tensors
     # What admits a tensor depends only on its tag lists (shared between names: match() gives
     # one list per distinct answer), kind, owner class, ndim and floating-pointness: one answer
     # per distinct combination (the shape stands in for ndim: planning's kinds need it too),
     # computed on first sight, looked up in C for the other tensors.
-    columns = columns or _columns(slots)
+    columns = columns or _columns(tree)
     codes = _first_rows(list(zip(map(id, matched), map(id, excluded) if excluded is not None else repeat(0),
-                                 map(itemgetter(4), slots), map(type, map(itemgetter(2), map(itemgetter(2), slots))),
-                                 map(id, columns.shapes), columns.dtypes)))
+                                 columns.kinds, columns.owner_classes, map(id, columns.shapes), columns.dtypes)))
 
     def admit(i: int) -> list[int]:   # i: the first slot of its kind
-        tags, slot = matched[i], slots[i]
+        tags, slot = matched[i], tree.tensor(i)
         is_buffer = slot.kind == "buffer"
         if not tags or (is_buffer and not slot.tensor.is_floating_point()):
             return []

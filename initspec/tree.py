@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import torch
@@ -43,11 +44,56 @@ class TensorSlot(NamedTuple):
     tensor: torch.Tensor
 
 
+class ModuleColumns(NamedTuple):
+    """Every module slot, column by column (row ``i`` is ``Tree.modules[i]``)."""
+
+    names: list[str]
+    paths: list[str]
+    modules: list[nn.Module]
+    parent_paths: list[str | None]
+    attrs: list[str]
+
+
+class TensorColumns(NamedTuple):
+    """Every tensor slot, column by column (row ``i`` is ``Tree.tensors[i]``)."""
+
+    names: list[str]
+    paths: list[str]
+    owners: list[int]       # row of the owning module slot
+    attrs: list[str]
+    kinds: list[str]
+    tensors: list[torch.Tensor]
+
+
 @dataclass(frozen=True, eq=False)
 class Tree:
-    modules: tuple[ModuleSlot, ...]
-    tensors: tuple[TensorSlot, ...]
+    """The walk's result as columns; slot objects are built on first use (planning needs none)."""
+
+    module_columns: ModuleColumns
+    tensor_columns: TensorColumns
     unregistered: tuple[str, ...] = ()   # tensor attributes that are not parameters/buffers
+
+    @functools.cached_property
+    def modules(self) -> tuple[ModuleSlot, ...]:
+        return tuple(map(tuple.__new__, repeat(ModuleSlot), zip(*self.module_columns)))
+
+    @functools.cached_property
+    def tensors(self) -> tuple[TensorSlot, ...]:
+        c = self.tensor_columns
+        return tuple(map(tuple.__new__, repeat(TensorSlot),
+                         zip(c.names, c.paths, map(self.modules.__getitem__, c.owners), c.attrs, c.kinds, c.tensors)))
+
+    def tensor(self, row: int) -> TensorSlot:
+        """Slot ``row`` (without building every slot when they are not built yet)."""
+        built = self.__dict__.get("tensors")
+        if built is not None:
+            return built[row]
+        c, m = self.tensor_columns, self.module_columns
+        owner = c.owners[row]
+        return TensorSlot(c.names[row], c.paths[row],
+                          ModuleSlot(m.names[owner], m.paths[owner], m.modules[owner], m.parent_paths[owner],
+                                     m.attrs[owner]),
+                          c.attrs[row], c.kinds[row], c.tensors[row])
 
     @functools.cached_property
     def by_module_name(self) -> dict[str, ModuleSlot]:
@@ -70,59 +116,73 @@ def walk(model: nn.Module) -> Tree:
         from .errors import InitSpecError
         raise InitSpecError("model", f"expected a torch.nn.Module, got {type(model).__name__}",
                             "pass the model object (or build it first)")
-    modules: list[ModuleSlot] = []
-    tensors: list[TensorSlot] = []
+    modules = ModuleColumns([], [], [], [], [])
+    tensors = TensorColumns([], [], [], [], [], [])
     unregistered: list[str] = []
     Tensor, plain, get = torch.Tensor, _PLAIN_TYPES, dict.get
-    new = tuple.__new__  # NamedTuple construction without its Python-level __new__ (2x faster walk)
-    add_module, add_tensor = modules.append, tensors.append
+    module_rows = modules.names.__len__
+    add_name, add_path, add_module, add_parent, add_attr = (c.append for c in modules)
+    t_name, t_path, t_owner, t_attr, t_kind, t_value = (c.append for c in tensors)   # rows, not slot objects
     own_attrs: dict[tuple[type, int], tuple[str, ...]] = {}   # (class, attribute count) -> attributes to check
 
-    def visit(slot: ModuleSlot, depth: int) -> None:
-        add_module(slot)
-        name, path, module = slot[0], slot[1], slot[2]
+    def visit(module: nn.Module, name: str, path: str, parent: str | None, attr: str, depth: int) -> None:
+        row = module_rows()
+        add_name(name)
+        add_path(path)
+        add_module(module)
+        add_parent(parent)
+        add_attr(attr)
         prefix, real = (name + "." if name else ""), (path + "." if path else "")
         same = prefix == real   # no wrapper hidden above: canonical and real names coincide
-        for attr, tensor in module._parameters.items():
+        for key, tensor in module._parameters.items():
             if tensor is not None:
-                full = prefix + attr
-                add_tensor(new(TensorSlot, (full, full if same else real + attr, slot, attr, "parameter", tensor)))
+                full = prefix + key
+                t_name(full)
+                t_path(full if same else real + key)
+                t_owner(row)
+                t_attr(key)
+                t_kind("parameter")
+                t_value(tensor)
         if module._buffers:
-            for attr, tensor in module._buffers.items():
+            for key, tensor in module._buffers.items():
                 if tensor is not None:
-                    full = prefix + attr
-                    add_tensor(new(TensorSlot, (full, full if same else real + attr, slot, attr, "buffer", tensor)))
+                    full = prefix + key
+                    t_name(full)
+                    t_path(full if same else real + key)
+                    t_owner(row)
+                    t_attr(key)
+                    t_kind("buffer")
+                    t_value(tensor)
         state = module.__dict__
         layout = (type(module), len(state))
         own = own_attrs.get(layout)   # modules of one class share their attribute layout: computed once
         if own is None:
             own = own_attrs[layout] = _own_attrs(state)
         found = None
-        for attr in own:
-            value = get(state, attr, _GONE)
+        for key in own:
+            value = get(state, key, _GONE)
             if type(value) not in plain:   # (a type check first: isinstance against Tensor costs 0.25 us)
                 if value is _GONE:         # same class and count, other attributes: this module on its own
                     found = [a for a in _own_attrs(state) if isinstance(state[a], Tensor)]
                     break
                 if isinstance(value, Tensor):
-                    found = (found or []) + [attr]
+                    found = (found or []) + [key]
         if found:
-            unregistered.extend(f"{prefix}{attr} ({type(module).__name__}.{attr})" for attr in found)
+            unregistered.extend(f"{prefix}{key} ({type(module).__name__}.{key})" for key in found)
         children = module._modules
         if not children or depth >= 256:
             return
         data_parallel = "module" in children and _is_data_parallel(module)
-        for attr, child in children.items():
+        for key, child in children.items():
             if child is None:
                 continue
-            hidden = attr in WRAPPER_CHILDREN or (data_parallel and attr == "module")
-            full = real + attr
-            visit(new(ModuleSlot, (name if hidden else full if same else prefix + attr, full, child, path, attr)),
-                  depth + 1)
+            hidden = key in WRAPPER_CHILDREN or (data_parallel and key == "module")
+            full = real + key
+            visit(child, name if hidden else full if same else prefix + key, full, path, key, depth + 1)
 
-    visit(ModuleSlot("", "", model, None, ""), 0)
+    visit(model, "", "", None, "", 0)
     visit = None  # a recursive closure is a reference cycle: it would keep every slot alive until a GC pass
-    return Tree(tuple(modules), tuple(tensors), tuple(unregistered))
+    return Tree(modules, tensors, tuple(unregistered))
 
 
 def _own_attrs(state: dict) -> tuple[str, ...]:

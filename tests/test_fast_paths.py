@@ -47,7 +47,7 @@ def both_planners(model: nn.Module, spec) -> int | None:
     tree = walk(model)
     groups, problems = expand_ties(spec, tree)
     rules = list(spec.rules.items())
-    columns = plan_module._columns(tree.tensors)
+    columns = plan_module._columns(tree)
     selection = plan_module._select(rules, tree, columns.names, problems, columns)
     if problems:
         return None
@@ -160,6 +160,11 @@ def test_walk_equals_reference(make):
     assert [(s.name, s.path, s.kind, s.tensor) for s in tree.tensors] == tensors
     assert sorted(tree.unregistered) == sorted(loose)
     assert all(tree.by_tensor_name[s.name] is next(t for t in tree.tensors if t.name == s.name) for s in tree.tensors)
+    fresh = walk(model)          # one slot on demand equals the slot built with all the others
+    assert [fresh.tensor(i) for i in range(len(tree.tensors))] == list(tree.tensors)
+    assert "tensors" not in fresh.__dict__                          # ... without building them all
+    built = fresh.tensors
+    assert fresh.tensor(0) is built[0]                               # once built, the built one
 
 
 def naive(pattern: str, name: str) -> bool:
