@@ -10,13 +10,17 @@ The baseline is the same apply on an unsharded meta-built model in the parent
 process with the same per-process thread count (one fill thread: two ranks on
 two cores get one core each). Parent and ranks take turns, synchronized by a
 barrier, so each sharded measurement is paired with a single-process one taken
-right after it; the idle side waits on a semaphore, not a spinning loop. A
+right after it; the idle side waits on a semaphore, not a spinning loop. Every
+timed apply starts after ``gc.collect()`` (as in the other benchmarks): FSDP2's
+``fully_shard`` leaves reference cycles, so without it each rank would carry the
+previous repetitions' models as garbage and run slower each time. A
 second, informational row compares with a single process using both cores
 (two fill threads, every other repetition). Finally the ranks all-gather
 every parameter and rank 0 checks it bitwise against a single-process apply.
 """
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -55,7 +59,8 @@ def _rank(rank: int, port: int, barrier, queue) -> None:
     initspec.apply(sharded(), spec, device="cpu", threads=1)     # warm-up
     for _ in range(REPEATS):
         model = sharded()
-        barrier.wait()                      # both ranks start together, parent idle
+        gc.collect()     # as timed() does: fully_shard leaves reference cycles, so the last repetition's
+        barrier.wait()   # model is garbage until collected (uncollected, each repetition ran ~0.1 s slower)
         start, cpu = time.perf_counter(), time.process_time()
         initspec.apply(model, spec, device="cpu", threads=1)
         queue.put(("time", rank, (time.perf_counter() - start, time.process_time() - cpu)))
@@ -99,6 +104,7 @@ def run() -> list[Row]:
         per_rank.append(max(wall for wall, _ in ranks))
         cpu_rank.append(max(cpu for _, cpu in ranks))
         model = _meta_gpt2()
+        gc.collect()
         start, cpu = time.perf_counter(), time.process_time()
         initspec.apply(model, spec, device="cpu", threads=1)
         single.append(time.perf_counter() - start)
@@ -106,6 +112,7 @@ def run() -> list[Row]:
         del model
         if i % 2 == 0:                      # the context row: every other repetition
             model = _meta_gpt2()
+            gc.collect()
             start = time.perf_counter()
             initspec.apply(model, spec, device="cpu", threads=2)
             single2.append(time.perf_counter() - start)

@@ -30,7 +30,7 @@ from .streams import Stream, chunk_ranges, generation_dtype, stream_seed
 from .ties import tie, untie
 from .tree import TensorSlot, is_dtensor, is_meta, local_tensor
 
-SMALL_TASK = 1 << 18  # tasks below this many elements are batched together
+SMALL_TASK = 1 << 20  # tasks below this many elements are batched together
 
 
 @dataclass(frozen=True)

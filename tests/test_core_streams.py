@@ -73,7 +73,9 @@ def test_chunk_layout():
     assert rows_per_chunk((3, CHUNK_NUMEL * 2)) == 1
     ranges = chunk_ranges((5000, 512), 1000, 3000)
     step = CHUNK_NUMEL // 512
-    assert ranges[0] == (0, 0, step) and ranges[-1][2] >= 3000 and ranges[-1][1] < 3000
+    first = 1000 // step
+    assert ranges[0] == (first, first * step, (first + 1) * step) and ranges[-1][2] >= 3000 and ranges[-1][1] < 3000
+    assert [c for c, _, _ in ranges] == list(range(first, ranges[-1][0] + 1))
 
 
 @pytest.mark.parametrize("r0,r1", [(0, 3000), (1000, 2100), (2047, 2049), (4000, 5000)])
