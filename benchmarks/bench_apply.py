@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import Row, emit, hand_init_gpt2, med, ms, paired, paired_ratio
+from .common import Row, main, hand_init_gpt2, med, ms, paired, paired_ratio
 
 N_LAYER = 12
 
@@ -50,4 +50,4 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    emit(run())
+    main(run, "benchmarks.bench_apply")

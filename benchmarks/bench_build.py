@@ -16,7 +16,7 @@ import gc
 
 import torch
 
-from .common import Row, emit, hand_init_gpt2, med, ms, paired_ratio, timed, REPEATS
+from .common import Row, main, hand_init_gpt2, med, ms, paired_ratio, timed, REPEATS
 
 N_LAYER = 12
 
@@ -80,4 +80,4 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    emit(run())
+    main(run, "benchmarks.bench_build")

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from .common import Row, emit
+from .common import Row, main
 
 CHILD = r"""
 import json, resource
@@ -54,4 +54,4 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    emit(run())
+    main(run, "benchmarks.bench_memory")

@@ -23,7 +23,7 @@ import re
 import torch
 from torch import nn
 
-from .common import Row, emit, ms, paired, paired_ratio, med
+from .common import Row, main, ms, paired, paired_ratio, med
 
 N_LAYER = 1000
 N_EXPERT = 17
@@ -182,4 +182,4 @@ def run() -> list[Row]:
 
 
 if __name__ == "__main__":
-    emit(run())
+    main(run, "benchmarks.bench_plan")

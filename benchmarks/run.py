@@ -5,7 +5,8 @@
     python -m benchmarks --settle 0 # do not wait for other processes to quiet down
 
 Each benchmark runs in its own fresh interpreter (no allocator or GC state
-carried over) and prints its rows; ratios are measured side by side in that
+carried over), with glibc's mmap threshold fixed so that every repetition gets
+fresh pages as a training start does (``common.FRESH_MEMORY``), and prints its rows; ratios are measured side by side in that
 process: the median over 5 repetitions of A/B pairs run back to back.
 
 Parallel fills need free cores, so before each benchmark the runner waits (up to
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import MARK, Row
+from .common import FRESH_MEMORY, MARK, Row
 
 BENCHMARKS = ("plan", "apply", "build", "memory", "sharded")
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def run_one(name: str) -> tuple[list[Row], float, float, str]:
     """Rows, seconds, cores other processes kept busy meanwhile, error."""
     busy0, ours0, start = _busy_seconds(), _children_cpu(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", f"benchmarks.bench_{name}"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **FRESH_MEMORY})
     seconds = time.perf_counter() - start
     others = max(0.0, (_busy_seconds() - busy0) - (_children_cpu() - ours0)) / seconds
     rows = [Row(**json.loads(line[len(MARK):])) for line in proc.stdout.splitlines() if line.startswith(MARK)]
