@@ -134,24 +134,17 @@ def walk(model: nn.Module) -> Tree:
         add_attr(attr)
         prefix, real = (name + "." if name else ""), (path + "." if path else "")
         same = prefix == real   # no wrapper hidden above: canonical and real names coincide
-        for key, tensor in module._parameters.items():
-            if tensor is not None:
-                full = prefix + key
-                t_name(full)
-                t_path(full if same else real + key)
-                t_owner(row)
-                t_attr(key)
-                t_kind("parameter")
-                t_value(tensor)
-        if module._buffers:
-            for key, tensor in module._buffers.items():
+        for kind, store in (("parameter", module._parameters), ("buffer", module._buffers)):
+            if not store:
+                continue
+            for key, tensor in store.items():
                 if tensor is not None:
                     full = prefix + key
                     t_name(full)
                     t_path(full if same else real + key)
                     t_owner(row)
                     t_attr(key)
-                    t_kind("buffer")
+                    t_kind(kind)
                     t_value(tensor)
         state = module.__dict__
         layout = (type(module), len(state))
