@@ -503,7 +503,8 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
             keep[u] = False
         rows_out = compress(rows_out, keep)
     entries = list(map(tuple.__new__, repeat(Entry), rows_out))
-    bare = [u for u in compress(range(n), map(_KEEP.__eq__, needs)) if kinds[u] == "parameter" or is_meta(unit_tensors[u])]
+    bare = [u for u in compress(range(n), map(_KEEP.__eq__, needs))
+            if kinds[u] == "parameter" or is_meta(unit_tensors[u])]
     heads = heads or (tree.tensors if bare else ())
     uncovered = [(names[u], heads[u]) for u in bare]
     index = _NameIndex(names)
