@@ -113,3 +113,21 @@ def test_scalar_and_empty_parameters():
     initspec.apply(holder, {"rules": {"s": {"match": "s", "init": {"name": "constant", "value": 2}},
                                       "e": {"match": "e", "init": "zeros"}}})
     assert float(holder.s.detach()) == 2.0 and holder.e.shape == (0, 3)
+
+
+def test_stream_version_2_values_are_pinned():
+    """The reproducibility contract: (seed, name, step, chunk) -> blake2b seed -> one CPU generator per
+    2^17-value chunk of whole rows. Changing any of it changes these numbers: bump STREAM_VERSION."""
+    from initspec.streams import STREAM_VERSION, stream_seed
+    assert STREAM_VERSION == 2 and CHUNK_NUMEL == 1 << 17
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.empty(300, 1000))   # 131 rows per chunk: chunks at rows 0, 131, 262
+    initspec.apply(holder, {"seed": 7, "rules": {"w": {"match": "w", "init": {"name": "normal", "std": 1.0}}}})
+    w = holder.w.detach()
+    assert w[0, :3].tolist() == [-0.3930511474609375, -0.8380818963050842, -0.03178077191114426]
+    assert w[131, :3].tolist() == [1.544177770614624, 2.5606374740600586, -1.5025029182434082]
+    assert w[299, -2:].tolist() == [0.6715748906135559, 0.3044459819793701]
+    for chunk, (r0, r1) in enumerate([(0, 131), (131, 262), (262, 300)]):   # each chunk from its own generator
+        block = torch.empty(r1 - r0, 1000).normal_(0.0, 1.0, generator=torch.Generator().manual_seed(
+            stream_seed(7, "w", 0, chunk)))
+        assert torch.equal(block, w[r0:r1])
