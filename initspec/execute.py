@@ -131,7 +131,7 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
 def _check_sharded_ties(plan: Plan, layout: Layout) -> None:
     """A tie FSDP2 does not already know cannot be made after ``fully_shard``: each side is
     its own FSDP2 parameter, re-registered (untied) on every unshard."""
-    if not plan.ties or not any(hasattr(m.module, "_get_fsdp_state") for m in layout.tree.modules):
+    if not plan.ties or not layout.tree.fsdp_modules():
         return
     problems = []
     for group in plan.ties:
@@ -427,11 +427,8 @@ def _fsdp_params(tree: Any) -> dict[int, Any]:
 
 def _each_fsdp_param(tree: Any) -> Iterator[Any]:
     """Every FSDP2 ``FSDPParam`` of the ``fully_shard`` modules in ``tree``."""
-    for slot in tree.modules:
-        state = getattr(slot.module, "_get_fsdp_state", None)
-        if state is None:
-            continue
-        for group in getattr(state(), "_fsdp_param_groups", ()):
+    for module in tree.fsdp_modules():
+        for group in getattr(module._get_fsdp_state(), "_fsdp_param_groups", ()):
             yield from group.fsdp_params
 
 

@@ -71,7 +71,7 @@ def tie_aliases(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     aliases: dict[str, list[str]] = read_metadata(path).get(ALIASES_KEY, {})
     tree = walk(model)
     slots = {s.name: s for s in tree.tensors}
-    sharded = any(hasattr(m.module, "_get_fsdp_state") for m in tree.modules)
+    sharded = bool(tree.fsdp_modules())
     for name, others in aliases.items():
         if name not in slots:
             continue

@@ -32,8 +32,9 @@ from typing import Iterable, Sequence
 
 from .regex_safety import backtracking_hazard
 
-_TO_HASH = str.maketrans("0123456789", "#" * 10)    # every ASCII digit -> "#"
-_DROP_NUMERIC = str.maketrans("", "", "0123456789#")  # what is left of a component besides digits and "#"
+_DIGITS_AND_HASH = "0123456789#"
+_TO_HASH = str.maketrans("0123456789", "#" * 10)      # every ASCII digit -> "#"
+_DROP_NUMERIC = str.maketrans("", "", _DIGITS_AND_HASH)  # what is left of a component besides digits and "#"
 _GLOB_META = re.compile(r"[*?\[]")
 
 
@@ -84,7 +85,6 @@ def compile_pattern(text: str, tag: int) -> Pattern:
 
 
 _GLOB_CLASS = re.compile(r"\[!?\]?[^\]]*\]")   # fnmatch's [..] / [!..] (a leading ] is a member)
-_DIGITS_AND_HASH = "0123456789#"
 
 
 def _template_safe(pattern: Pattern) -> bool:

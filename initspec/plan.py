@@ -17,7 +17,7 @@ import math
 import operator
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter
@@ -503,13 +503,14 @@ def _plan_columns(tree: Tree, groups: list[TieGroup], selection: _Selection, ctx
             keep[u] = False
         rows_out = compress(rows_out, keep)
     entries = list(map(tuple.__new__, repeat(Entry), rows_out))
-    bare = [u for u in compress(range(n), map(_KEEP.__eq__, needs))
-            if kinds[u] == "parameter" or is_meta(unit_tensors[u])]
-    heads = heads or (tree.tensors if bare else ())
-    uncovered = [(names[u], heads[u]) for u in bare]
+    def all_heads() -> Sequence[TensorSlot]:   # every unit's slot (without ties: built in C on first use)
+        return tree.tensors if alone else heads
+
+    uncovered = [(names[u], all_heads()[u]) for u in compress(range(n), map(_KEEP.__eq__, needs))
+                 if kinds[u] == "parameter" or is_meta(unit_tensors[u])]
     index = _NameIndex(names)
     return _Planned(entries, _ByName(index, unit_tensors.__getitem__),
-                    _ByName(index, lambda u: held.get(u) or [(heads or tree.tensors)[u]]), uncovered, matched, won,
+                    _ByName(index, lambda u: held.get(u) or [all_heads()[u]]), uncovered, matched, won,
                     failing, problems)
 
 

@@ -88,12 +88,13 @@ class Tree:
         built = self.__dict__.get("tensors")
         if built is not None:
             return built[row]
-        c, m = self.tensor_columns, self.module_columns
-        owner = c.owners[row]
-        return TensorSlot(c.names[row], c.paths[row],
-                          ModuleSlot(m.names[owner], m.paths[owner], m.modules[owner], m.parent_paths[owner],
-                                     m.attrs[owner]),
-                          c.attrs[row], c.kinds[row], c.tensors[row])
+        c = self.tensor_columns
+        owner = ModuleSlot._make(column[c.owners[row]] for column in self.module_columns)
+        return TensorSlot(c.names[row], c.paths[row], owner, c.attrs[row], c.kinds[row], c.tensors[row])
+
+    def fsdp_modules(self) -> list[nn.Module]:
+        """The modules ``fully_shard`` has made FSDP2 modules (they have ``_get_fsdp_state``)."""
+        return [m for m in self.module_columns.modules if hasattr(m, "_get_fsdp_state")]
 
     @functools.cached_property
     def by_module_name(self) -> dict[str, ModuleSlot]:
