@@ -6,8 +6,9 @@
 
 Each benchmark runs in its own fresh interpreter (no allocator or GC state
 carried over), with glibc's mmap threshold fixed so that every repetition gets
-fresh pages as a training start does (``common.FRESH_MEMORY``), and prints its rows; ratios are measured side by side in that
-process: the median over 5 repetitions of A/B pairs run back to back.
+fresh pages as a training start does (``common.FRESH_MEMORY``), and prints its
+rows; ratios are measured side by side in that process: the median over 5
+repetitions of A/B pairs run back to back (9 for the sharded row).
 
 Parallel fills need free cores, so before each benchmark the runner waits (up to
 ``--settle`` seconds, default 120) until other processes leave the machine's
