@@ -7,18 +7,21 @@
 from . import distributed
 from .api import apply, load_spec, plan
 from .builder import build, meta_parameters
-from .catalog import STEPS, register_step, unregister_step
-from .errors import InitSpecError, Problem
+from .errors import InitSpecError, Problem, StepArgError
 from .export import load_checkpoint, save_checkpoint
 from .load import preset_names
-from .plan import Entry, Plan
+from .primitives import Op, Primitive
 from .report import Report, Stats
+from .results import Entry, Plan, RuleSummary
 from .spec import Rule, Spec, Step, Tie
+from .steps import STEPS, Arg, register_step, unregister_step
+from .tensor_info import TensorInfo
 from .ties import TieGroup
 
 __all__ = [
-    "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "register_step",
-    "unregister_step", "save_checkpoint", "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry",
-    "Report", "Stats", "TieGroup", "STEPS", "preset_names",
+    "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "StepArgError",
+    "register_step", "unregister_step", "Arg", "Primitive", "Op", "TensorInfo", "save_checkpoint",
+    "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry", "RuleSummary", "Report", "Stats",
+    "TieGroup", "STEPS", "preset_names",
 ]
 __version__ = "0.1.0"

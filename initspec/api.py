@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from .execute import execute
 from .errors import InitSpecError, raise_all
+from .execute import execute
 from .load import check_vars_arg, load_data
-from .plan import Plan, make_plan
+from .plan import make_plan
 from .report import Report
+from .results import Plan
 from .spec import Spec, check_vars, validate
 
 
@@ -32,7 +33,8 @@ def load_spec(obj: Any, *, vars: Mapping[str, Any] | None = None) -> Spec:
     return validate(load_data(obj, vars=vars))
 
 
-def _spec(spec: Any, seed: int | None, vars: Mapping[str, Any] | None) -> Spec:
+def spec_with_seed(spec: Any, seed: int | None, vars: Mapping[str, Any] | None) -> Spec:
+    """The loaded spec, its seed replaced by ``seed`` when one is given."""
     loaded = load_spec(spec, vars=vars)
     if seed is None:
         return loaded
@@ -41,7 +43,7 @@ def _spec(spec: Any, seed: int | None, vars: Mapping[str, Any] | None) -> Spec:
     return loaded.model_copy(update={"seed": seed})
 
 
-def _allow(allow_fn: Iterable[str] | str | None) -> tuple[str, ...]:
+def checked_allow_fn(allow_fn: Iterable[str] | str | None) -> tuple[str, ...]:
     """``allow_fn=``: dotted package prefixes (a single string is one prefix, not its letters)."""
     prefixes = [allow_fn] if isinstance(allow_fn, str) else list(allow_fn or ())
     bad = [p for p in prefixes if not isinstance(p, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", p)]
@@ -54,7 +56,7 @@ def _allow(allow_fn: Iterable[str] | str | None) -> tuple[str, ...]:
 def plan(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[str, Any] | None = None,
          allow_fn: Iterable[str] = ()) -> Plan:
     """What :func:`apply` would do to ``model``; the model is not changed."""
-    return make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))[0]
+    return make_plan(model, spec_with_seed(spec, seed, vars), checked_allow_fn(allow_fn))[0]
 
 
 def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any = None,
@@ -69,6 +71,6 @@ def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any =
     with element counts while filling. On any error the model is unchanged.
     """
     start = time.perf_counter()
-    the_plan, layout = make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))
+    the_plan, layout = make_plan(model, spec_with_seed(spec, seed, vars), checked_allow_fn(allow_fn))
     execute(model, the_plan, layout, device=device, threads=threads, progress=progress)
     return Report(the_plan, model, time.perf_counter() - start)

@@ -143,14 +143,14 @@ def spec_with_model(spec: Any, model: Any) -> Any:
     """Attach a standalone spec (path, preset, dict) next to a model config so that
     ``${model.n_layer}``-style vars resolve; other specs are returned as they are."""
     from omegaconf import DictConfig, OmegaConf
-    from .load import _find, _from_file
+    from .load import find_spec_file, read_yaml
     from .spec import Spec
     if isinstance(spec, Spec) or not isinstance(model, Mapping) or "_target_" not in model:
         return spec
     if isinstance(spec, DictConfig) and spec._get_parent() is not None:
         return spec
     if isinstance(spec, (str, bytes)) or hasattr(spec, "__fspath__"):
-        node = _from_file(_find(spec))
+        node = read_yaml(find_spec_file(spec))
     elif isinstance(spec, Mapping):
         node = OmegaConf.create(dict(spec)) if not isinstance(spec, DictConfig) else spec
     else:

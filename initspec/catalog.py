@@ -1,93 +1,49 @@
-"""The recipe catalog: every step a spec can name.
+"""The built-in steps: every step a spec can name.
 
-Each step is a small function ``f(t, **args) -> Op`` whose docstring gives its
-formula; ``t`` is the :class:`~initspec.tensor_info.TensorInfo` of the
-parameter being planned, with numeric arguments already evaluated.
-Steps resolve at plan time into primitive :class:`~initspec.ops.Op` s, so a
-mistake (a 1-D tensor for xavier, a negative std) surfaces before any value
-in the model changes.
+Each step is a small function ``f(t, **args)`` whose docstring gives its
+formula; ``t`` is the :class:`~initspec.tensor_info.TensorInfo` of the tensor
+being planned, with numeric arguments already evaluated. It returns
+:class:`~initspec.primitives.Op` s with concrete numbers, so a mistake (a 1-D
+tensor for xavier, a negative std) surfaces at plan time, before any value in
+the model changes. Steps registered from Python (:func:`initspec.register_step`)
+follow the same contract.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
 
+import torch
+
+from .errors import StepArgError
 from .expr import ExprError
-from .ops import NORMAL_BOUND, Op, op
+from .primitives import (CONSTANT, DIRAC, EYE, NORMAL, NORMAL_BOUND, ORTHOGONAL, PADDING_ZERO, SCALE,
+                         SPARSE, TRUNC_NORMAL, UNIFORM, ADD, CLAMP, ZERO_BELOW, Op)
+from .sources import checkpoint_op
+from .steps import Arg, Exclusive, builtin_step, choice, number
+from .streams import generation_dtype
 from .tensor_info import TensorInfo
-
-REQUIRED = object()
-
-
-class StepArgError(Exception):
-    """A step argument that does not fit; ``arg`` is its key (or '' for the step)."""
-
-    def __init__(self, arg: str, what: str, fix: str = ""):
-        super().__init__(what)
-        self.arg, self.what, self.fix = arg, what, fix
-
-
-@dataclass(frozen=True)
-class Arg:
-    """A step argument: kind is 'number', 'int', 'choice', 'str' or 'bool'."""
-
-    kind: str = "number"
-    default: Any = REQUIRED
-    choices: tuple[str, ...] = ()
-    check: str = ""  # '', 'positive', 'nonnegative', 'fraction', 'probability'
-
-
-@dataclass(frozen=True)
-class StepDef:
-    name: str
-    fn: Callable[..., Op]
-    args: Mapping[str, Arg] = field(default_factory=dict)
-    custom: bool = False  # registered from Python: kwargs pass through as for fn:
-
-    @property
-    def doc(self) -> str:
-        return (self.fn.__doc__ or "").strip().splitlines()[0] if self.fn.__doc__ else ""
-
-
-STEPS: dict[str, StepDef] = {}
-
-
-def _step(name: str, **args: Arg) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-    def register(fn: Callable[..., Op]) -> Callable[..., Op]:
-        STEPS[name] = StepDef(name, fn, args)
-        return fn
-    return register
-
-
-def num(default: Any = REQUIRED, check: str = "") -> Arg:
-    return Arg("number", default, (), check)
-
-
-def choice(default: str, *choices: str) -> Arg:
-    return Arg("choice", default, choices)
 
 
 # ---------------------------------------------------------------- samplers
 
-@_step("normal", mean=num(0.0), std=num(1.0, "positive"))
+@builtin_step("normal", mean=number(0.0), std=number(1.0, "positive"))
 def normal(t: TensorInfo, mean: float, std: float) -> Op:
     """w ~ N(mean, std²)."""
-    return op("normal", mean=mean, std=std)
+    return NORMAL.op(mean=mean, std=std)
 
 
-@_step("uniform", a=num(0.0), b=num(1.0))
+@builtin_step("uniform", a=number(0.0), b=number(1.0))
 def uniform(t: TensorInfo, a: float, b: float) -> Op:
     """w ~ U(a, b); a == b gives the constant a (as in torch)."""
     if a > b:
         raise StepArgError("a", f"a must be <= b (got a={a}, b={b})", "swap a and b")
     if a == b:
-        return op("constant", label=f"uniform(a={a:g}, b={b:g})", value=a)
-    return op("uniform", a=a, b=b)
+        return CONSTANT.op(label=f"uniform(a={a:g}, b={b:g})", value=a)
+    return _uniform(t, None, a, b)
 
 
-@_step("trunc_normal", mean=num(0.0), std=num(1.0, "positive"), cutoff=num(None, "positive"),
-       a=num(None), b=num(None))
+@builtin_step("trunc_normal", mean=number(0.0), std=number(1.0, "positive"), cutoff=number(None, "positive"),
+       a=number(None), b=number(None))
 def trunc_normal(t: TensorInfo, mean: float, std: float, cutoff: float | None,
                  a: float | None, b: float | None) -> Op:
     """w ~ N(mean, std²) truncated to [mean + a·std, mean + b·std]; cutoff c gives a = -c, b = c (default 2)."""
@@ -101,25 +57,25 @@ def trunc_normal(t: TensorInfo, mean: float, std: float, cutoff: float | None,
     b = NORMAL_BOUND if b is None else min(b, NORMAL_BOUND)
     if not a < b:
         raise StepArgError("a", f"a must be < b (got a={a}, b={b}, in units of std)", "swap a and b")
-    return op("trunc_normal", mean=mean, std=std, a=a, b=b)
+    return TRUNC_NORMAL.op(mean=mean, std=std, a=a, b=b)
 
 
-@_step("constant", value=num())
+@builtin_step("constant", value=number())
 def constant(t: TensorInfo, value: float) -> Op:
     """w = value."""
-    return op("constant", value=value)
+    return CONSTANT.op(value=value)
 
 
-@_step("zeros")
+@builtin_step("zeros")
 def zeros(t: TensorInfo) -> Op:
     """w = 0."""
-    return op("constant", label="zeros", value=0.0)
+    return CONSTANT.op(label="zeros", value=0.0)
 
 
-@_step("ones")
+@builtin_step("ones")
 def ones(t: TensorInfo) -> Op:
     """w = 1."""
-    return op("constant", label="ones", value=1.0)
+    return CONSTANT.op(label="ones", value=1.0)
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
@@ -143,45 +99,45 @@ _NONLINEARITIES = ("leaky_relu", "relu", "linear", "tanh", "sigmoid", "selu", "c
                    "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 
 
-@_step("xavier_uniform", gain=num(1.0))
+@builtin_step("xavier_uniform", gain=number(1.0))
 def xavier_uniform(t: TensorInfo, gain: float) -> Op:
     """w ~ U(-b, b), b = gain · sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans(t, "xavier_uniform")
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    return op("uniform", label=f"xavier_uniform(gain={gain:g}) = U(±{bound:.6g})", a=-bound, b=bound)
+    return _uniform(t, f"xavier_uniform(gain={gain:g}) = U(±{bound:.6g})", -bound, bound)
 
 
-@_step("xavier_normal", gain=num(1.0))
+@builtin_step("xavier_normal", gain=number(1.0))
 def xavier_normal(t: TensorInfo, gain: float) -> Op:
     """w ~ N(0, std²), std = gain · sqrt(2 / (fan_in + fan_out))."""
     fan_in, fan_out = _fans(t, "xavier_normal")
     std = gain * math.sqrt(2.0 / (fan_in + fan_out))
-    return op("normal", label=f"xavier_normal(gain={gain:g}) = N(0, {std:.6g})", mean=0.0, std=std)
+    return NORMAL.op(label=f"xavier_normal(gain={gain:g}) = N(0, {std:.6g})", mean=0.0, std=std)
 
 
-@_step("kaiming_uniform", a=num(0.0), mode=choice("fan_in", "fan_in", "fan_out"),
+@builtin_step("kaiming_uniform", a=number(0.0), mode=choice("fan_in", "fan_in", "fan_out"),
        nonlinearity=choice("leaky_relu", *_NONLINEARITIES))
 def kaiming_uniform(t: TensorInfo, a: float, mode: str, nonlinearity: str) -> Op:
     """w ~ U(-b, b), b = gain(nonlinearity, a) · sqrt(3 / fan_mode)."""
     fan = _fans(t, "kaiming_uniform")[0 if mode == "fan_in" else 1]
     bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
-    return op("uniform", label=f"kaiming_uniform({mode}, {nonlinearity}) = U(±{bound:.6g})", a=-bound, b=bound)
+    return _uniform(t, f"kaiming_uniform({mode}, {nonlinearity}) = U(±{bound:.6g})", -bound, bound)
 
 
-@_step("kaiming_normal", a=num(0.0), mode=choice("fan_in", "fan_in", "fan_out"),
+@builtin_step("kaiming_normal", a=number(0.0), mode=choice("fan_in", "fan_in", "fan_out"),
        nonlinearity=choice("leaky_relu", *_NONLINEARITIES))
 def kaiming_normal(t: TensorInfo, a: float, mode: str, nonlinearity: str) -> Op:
     """w ~ N(0, std²), std = gain(nonlinearity, a) / sqrt(fan_mode)."""
     fan = _fans(t, "kaiming_normal")[0 if mode == "fan_in" else 1]
     std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
-    return op("normal", label=f"kaiming_normal({mode}, {nonlinearity}) = N(0, {std:.6g})", mean=0.0, std=std)
+    return NORMAL.op(label=f"kaiming_normal({mode}, {nonlinearity}) = N(0, {std:.6g})", mean=0.0, std=std)
 
 
 # Std of a standard normal truncated to [-2, 2] (JAX's variance_scaling constant).
 TRUNC2_STD = 0.87962566103423978
 
 
-@_step("variance_scaling", scale=num(1.0, "positive"),
+@builtin_step("variance_scaling", scale=number(1.0, "positive"),
        mode=choice("fan_in", "fan_in", "fan_out", "fan_avg"),
        distribution=choice("truncated_normal", "truncated_normal", "normal", "untruncated_normal", "uniform"))
 def variance_scaling(t: TensorInfo, scale: float, mode: str, distribution: str) -> Op:
@@ -196,57 +152,57 @@ def variance_scaling(t: TensorInfo, scale: float, mode: str, distribution: str) 
     label = f"variance_scaling({scale:g}, {mode}, {distribution})"
     if distribution == "truncated_normal":
         std = math.sqrt(variance) / TRUNC2_STD
-        return op("trunc_normal", label=f"{label} = TN(0, {std:.6g}, ±2σ)", mean=0.0, std=std, a=-2.0, b=2.0)
+        return TRUNC_NORMAL.op(label=f"{label} = TN(0, {std:.6g}, ±2σ)", mean=0.0, std=std, a=-2.0, b=2.0)
     if distribution in ("normal", "untruncated_normal"):
         std = math.sqrt(variance)
-        return op("normal", label=f"{label} = N(0, {std:.6g})", mean=0.0, std=std)
+        return NORMAL.op(label=f"{label} = N(0, {std:.6g})", mean=0.0, std=std)
     bound = math.sqrt(3 * variance)
-    return op("uniform", label=f"{label} = U(±{bound:.6g})", a=-bound, b=bound)
+    return _uniform(t, f"{label} = U(±{bound:.6g})", -bound, bound)
 
 
-@_step("lecun_normal")
+@builtin_step("lecun_normal")
 def lecun_normal(t: TensorInfo) -> Op:
     """JAX lecun_normal: variance_scaling(1, fan_in, truncated_normal), std = 1/sqrt(fan_in)/0.8796 cut at ±2 std."""
     return variance_scaling(t, 1.0, "fan_in", "truncated_normal")
 
 
-@_step("bias_prob", prior=num(check="probability"))
+@builtin_step("bias_prob", prior=number(check="probability"))
 def bias_prob(t: TensorInfo, prior: float) -> Op:
     """b = -log((1 - prior) / prior): a sigmoid output starts at probability ``prior``."""
     value = -math.log((1 - prior) / prior)
-    return op("constant", label=f"bias_prob({prior:g}) = {value:.6g}", value=value)
+    return CONSTANT.op(label=f"bias_prob({prior:g}) = {value:.6g}", value=value)
 
 
 # ------------------------------------------------------------ whole tensor
 
-@_step("orthogonal", gain=num(1.0))
+@builtin_step("orthogonal", gain=number(1.0))
 def orthogonal(t: TensorInfo, gain: float) -> Op:
     """(Semi-)orthogonal matrix from the QR of a Gaussian, times gain; trailing dims are flattened."""
     if t.ndim < 2:
         raise StepArgError("", f"orthogonal needs a tensor with >= 2 dimensions, {t.name!r} has shape {list(t.shape)}",
                            "exclude 1-D parameters from this rule (e.g. 'ndim: 2')")
-    return op("orthogonal", gain=gain)
+    return ORTHOGONAL.op(gain=gain)
 
 
-@_step("sparse", sparsity=num(check="fraction"), std=num(0.01, "positive"))
+@builtin_step("sparse", sparsity=number(check="fraction"), std=number(0.01, "positive"))
 def sparse(t: TensorInfo, sparsity: float, std: float) -> Op:
     """N(0, std²), then ceil(sparsity·rows) random entries of each column set to 0 (2-D only)."""
     if t.ndim != 2:
         raise StepArgError("", f"sparse needs a 2-D tensor, {t.name!r} has shape {list(t.shape)}",
                            "restrict the rule with 'ndim: 2'")
-    return op("sparse", sparsity=sparsity, std=std)
+    return SPARSE.op(sparsity=sparsity, std=std)
 
 
-@_step("eye")
+@builtin_step("eye")
 def eye(t: TensorInfo) -> Op:
     """Identity matrix (2-D only): w[i, i] = 1, 0 elsewhere."""
     if t.ndim != 2:
         raise StepArgError("", f"eye needs a 2-D tensor, {t.name!r} has shape {list(t.shape)}",
                            "restrict the rule with 'ndim: 2'")
-    return op("eye")
+    return EYE.op()
 
 
-@_step("dirac", groups=Arg("int", 1))
+@builtin_step("dirac", groups=Arg("int", 1))
 def dirac(t: TensorInfo, groups: int) -> Op:
     """Dirac delta for 3-, 4- and 5-D conv weights: preserves the identity of the inputs per group."""
     if t.ndim not in (3, 4, 5):
@@ -255,53 +211,53 @@ def dirac(t: TensorInfo, groups: int) -> Op:
     if groups < 1 or t.shape[0] % groups:
         raise StepArgError("groups", f"dim 0 ({t.shape[0]}) must be divisible by groups ({groups})",
                            "use a divisor of the output channels")
-    return op("dirac", groups=groups)
+    return DIRAC.op(groups=groups)
 
 
 # ------------------------------------------------------------- transforms
 
-@_step("scale", by=num())
+@builtin_step("scale", by=number())
 def scale(t: TensorInfo, by: float) -> Op:
     """w = w · by."""
-    return op("scale", by=by)
+    return SCALE.op(by=by)
 
 
-@_step("add", value=num())
+@builtin_step("add", value=number())
 def add(t: TensorInfo, value: float) -> Op:
     """w = w + value."""
-    return op("add", value=value)
+    return ADD.op(value=value)
 
 
-@_step("clamp", min=num(None), max=num(None))
+@builtin_step("clamp", min=number(None), max=number(None))
 def clamp(t: TensorInfo, min: float | None, max: float | None) -> Op:  # noqa: A002
     """w = clamp(w, min, max)."""
     if min is None and max is None:
         raise StepArgError("", "clamp needs min, max or both", "add min: or max:")
     if min is not None and max is not None and min > max:
         raise StepArgError("min", f"min must be <= max (got min={min}, max={max})", "swap them")
-    return op("clamp", min=min, max=max)
+    return CLAMP.op(min=min, max=max)
 
 
-@_step("zero_below", threshold=num(check="nonnegative"))
+@builtin_step("zero_below", threshold=number(check="nonnegative"))
 def zero_below(t: TensorInfo, threshold: float) -> Op:
     """w = 0 where |w| < threshold (the seed notebook's custom init)."""
-    return op("zero_below", threshold=threshold)
+    return ZERO_BELOW.op(threshold=threshold)
 
 
-@_step("padding_zero")
+@builtin_step("padding_zero", reads=["owner.padding_idx"])
 def padding_zero(t: TensorInfo) -> Op:
     """w[padding_idx] = 0 for the owning Embedding's padding_idx; a no-op when it has none."""
     idx = t.owner_attrs.get("padding_idx")
     if idx is None:
-        return op("padding_zero", label="padding_zero (no padding_idx: no-op)", index=None)
+        return PADDING_ZERO.op(label="padding_zero (no padding_idx: no-op)", index=None)
     if idx < 0:
         idx += t.shape[0]
-    return op("padding_zero", label=f"padding_zero(row {idx})", index=int(idx))
+    return PADDING_ZERO.op(label=f"padding_zero(row {idx})", index=int(idx))
 
 
 # ---------------------------------------------------------------- sources
 
-@_step("checkpoint", path=Arg("str"), key=Arg("str", "{name}"),
+@builtin_step("checkpoint", reads=["name"], path=Arg("str"), key=Arg("str", "{name}"),
        missing=choice("error", "error", "init"), format=choice("auto", "auto", "safetensors", "torch"))
 def checkpoint(t: TensorInfo, path: str, key: str, missing: str, format: str) -> Op:  # noqa: A002
     """w = tensor ``key`` of the file at ``path`` (safetensors, or torch.load with weights_only=True).
@@ -310,41 +266,34 @@ def checkpoint(t: TensorInfo, path: str, key: str, missing: str, format: str) ->
     for the glob captures of the rule's pattern. ``missing: init`` falls back to
     the rule's other steps when the key is absent.
     """
-    from .sources import resolve_checkpoint
-    return resolve_checkpoint(t, path, key, missing, format)
-
-
-# ------------------------------------------------------------ registration
-
-def register_step(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``f(tensor, **kwargs)`` (fills in place) as step ``name``.
-
-    Registered steps are trusted by construction. Use them in a spec as
-    ``{name: my_init, some_kwarg: 1}``; string kwargs pass through literally
-    and ``{expr: "1 / sqrt(fan_in)"}`` is evaluated per parameter. A
-    ``generator`` keyword, when the function accepts one, receives the
-    parameter's own stream.
-    """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"step name must be an identifier, got {name!r}")
-    if name in STEPS and not STEPS[name].custom:
-        raise ValueError(f"{name!r} is a built-in step and cannot be replaced")
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if not callable(fn):
-            raise TypeError(f"register_step({name!r}) needs a callable")
-        STEPS[name] = StepDef(name, fn, {}, custom=True)
-        return fn
-    return register
-
-
-def unregister_step(name: str) -> None:
-    """Remove a step registered with :func:`register_step`."""
-    if name in STEPS and STEPS[name].custom:
-        del STEPS[name]
+    found = checkpoint_op(t, path, _format_key(key, t), missing, format)
+    if missing == "init":
+        return Exclusive((found,)) if found is not None else ()
+    return found
 
 
 # ----------------------------------------------------------------- helpers
+
+def _format_key(template: str, t: TensorInfo) -> str:
+    try:
+        return template.format(*t.captures, name=t.name)
+    except (IndexError, KeyError, ValueError) as exc:
+        raise StepArgError("key", f"cannot fill key template {template!r} for {t.name!r}: {exc!r} "
+                           f"(captures: {list(t.captures)})",
+                           "use {name} or {0}, {1} for the pattern's * captures") from None
+
+
+def _uniform(t: TensorInfo, label: str | None, a: float, b: float) -> Op:
+    """U(a, b), refused when the generation dtype cannot hold the range (torch would refuse it mid-fill)."""
+    gen = generation_dtype(t.dtype)
+    limit = torch.finfo(gen).max
+    if not (abs(a) <= limit and abs(b) <= limit and b - a <= limit):
+        shown = label or f"uniform(a={a:.6g}, b={b:.6g})"
+        raise StepArgError("", f"{shown} needs a range of {b - a:g}, more than {str(gen).removeprefix('torch.')} "
+                           f"holds (max {limit:g})",
+                           "narrow the range" + (", or use float64 parameters" if gen != torch.float64 else ""))
+    return UNIFORM.op(label=label, a=a, b=b)
+
 
 def _fans(t: TensorInfo, step: str) -> tuple[int, int]:
     """Fans for a step's formula; a zero-element tensor (nothing to fill) counts its fans as >= 1."""
@@ -353,44 +302,3 @@ def _fans(t: TensorInfo, step: str) -> tuple[int, int]:
     except ExprError as exc:
         raise StepArgError("", f"{step}: {exc.what}", exc.fix) from None
     return (max(fan_in, 1), max(fan_out, 1)) if t.numel == 0 else (fan_in, fan_out)
-
-
-def check_value(name: str, arg: Arg, value: Any) -> Any:
-    """Check an evaluated argument; returns it cleaned or raises StepArgError."""
-    if value is None and arg.default is None:
-        return None
-    if arg.kind == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise StepArgError(name, f"expected a number or an expression string, got {value!r}", "")
-        value = float(value)
-        if not math.isfinite(value):
-            raise StepArgError(name, f"must be finite (got {value})", "use a finite number")
-        rule = {
-            "positive": ("> 0", value <= 0),
-            "nonnegative": (">= 0", value < 0),
-            "fraction": ("in [0, 1)", not 0 <= value < 1),
-            "probability": ("in (0, 1)", not 0 < value < 1),
-        }.get(arg.check)
-        if rule and rule[1]:
-            raise StepArgError(name, f"must be {rule[0]} (got {value:g})", f"give {name} a value {rule[0]}")
-        return value
-    if arg.kind == "int":
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise StepArgError(name, f"expected an integer, got {value!r}", "")
-        return value
-    if arg.kind == "choice":
-        if value not in arg.choices:
-            from .errors import suggest
-            raise StepArgError(name, f"must be one of {', '.join(arg.choices)} (got {value!r}).{suggest(value, arg.choices)}", "")
-        return value
-    if arg.kind == "str":
-        if not isinstance(value, str):
-            raise StepArgError(name, f"expected a string, got {value!r}", "")
-        return value
-    if arg.kind == "bool":
-        if not isinstance(value, bool):
-            raise StepArgError(name, f"expected true or false, got {value!r}", "")
-        return value
-    return value

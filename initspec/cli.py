@@ -212,7 +212,8 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
-    from .tree import local_tensor, walk
+    from .sharding import local_tensor
+    from .tree import walk
     tensors = {s.name: s.tensor for s in walk(report.model).tensors}
     stats = report.rule_stats()
     rules = list(stats)

@@ -12,7 +12,7 @@ import importlib
 import inspect
 from typing import Any, Callable, Iterable
 
-from .catalog import StepArgError
+from .errors import StepArgError
 
 ALWAYS_ALLOWED = ("torch.nn.init",)
 
@@ -82,11 +82,3 @@ def _import_longest(path: str, parts: list[str]) -> tuple[Any, int]:
             raise StepArgError("fn", f"importing {name!r} failed: {type(exc).__name__}: {exc}",
                                "fix the module so it imports") from None
     raise StepArgError("fn", f"cannot import {path!r}", "check the dotted path and that its package is installed")
-
-
-def accepts_generator(fn: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "generator" in params

@@ -24,7 +24,13 @@ from typing import Any
 
 from torch import nn
 
-from .errors import InitSpecError
+from .api import checked_allow_fn, spec_with_seed
+from .export import tie_aliases
+from .plan import make_plan
+from .sharding import rank_and_world, require_process_group
+from .slots import Undo
+
+__all__ = ["tie", "rank_and_world", "require_process_group"]
 
 
 def tie(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[str, Any] | None = None,
@@ -37,28 +43,13 @@ def tie(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[s
     Nothing else changes: values are filled later by ``apply`` / ``load_checkpoint``.
     """
     if isinstance(spec, (str, Path)) and str(spec).endswith(".safetensors"):
-        from .export import tie_aliases
         return tie_aliases(model, spec)
-    from .api import _allow, _spec
-    from .plan import make_plan
-    from .ties import tie as tie_group
-    plan, layout = make_plan(model, _spec(spec, seed, vars), _allow(allow_fn))
-    for group in plan.ties:
-        tie_group(model, layout.tree, group)
+    plan, layout = make_plan(model, spec_with_seed(spec, seed, vars), checked_allow_fn(allow_fn))
+    undo = Undo()
+    try:
+        for group in plan.ties:
+            group.make(layout.tree, undo)
+    except BaseException:
+        undo.rollback()
+        raise
     return plan.tie_groups
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def require_process_group() -> None:
-    """Raise a clear error when a collective is needed but no process group exists."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        raise InitSpecError("model", "the model holds DTensors but no process group is initialized",
-                            "call torch.distributed.init_process_group() first (torchrun sets the environment)")

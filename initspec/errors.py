@@ -48,6 +48,18 @@ class InitSpecError(Exception):
         return "\n".join(lines)
 
 
+class StepArgError(Exception):
+    """A step argument that does not fit the tensor; ``arg`` is its key ('' for the step itself).
+
+    Steps raise it while resolving; the planner turns it into a :class:`Problem`
+    at the step's config path (``initspec.rules.w.init.std``).
+    """
+
+    def __init__(self, arg: str, what: str, fix: str = ""):
+        super().__init__(what)
+        self.arg, self.what, self.fix = arg, what, fix
+
+
 def suggest(word: str, choices: Iterable[str], n: int = 1) -> str:
     """' Did you mean 'x'?' for the nearest choice, or ''."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.6)

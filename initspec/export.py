@@ -13,9 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InitSpecError
-from .plan import Plan
-from .tree import is_dtensor, is_meta, walk
+from .errors import InitSpecError, StepArgError
+from .execute import materialize
+from .results import Plan
+from .sharding import fsdp_modules, is_dtensor, is_meta, rank_and_world, region_of
+from .slots import Undo, live, put
+from .sources import header
+from .tree import walk
 
 ALIASES_KEY = "initspec.aliases"
 TIES_KEY = "initspec.tie_groups"
@@ -28,17 +32,15 @@ def save_checkpoint(model: nn.Module, path: str | Path, plan: Plan | None = None
     call it; rank 0 writes the file and all ranks return once it exists.
     """
     from safetensors.torch import save_file
-    from .distributed import rank_and_world
     tree = walk(model)
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, list[str]] = {}
-    first: dict[int, str] = {}
+    first: dict[torch.Tensor, str] = {}   # keyed by the tensor object (tensors hash by identity)
     for slot in tree.tensors:
-        key = id(slot.tensor)
-        if key in first:
-            aliases[first[key]].append(slot.name)
+        if slot.tensor in first:
+            aliases[first[slot.tensor]].append(slot.name)
             continue
-        first[key] = slot.name
+        first[slot.tensor] = slot.name
         aliases[slot.name] = []
         if is_meta(slot.tensor):
             raise InitSpecError("model", f"{slot.name!r} is on the meta device: there are no values to save",
@@ -65,28 +67,28 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {k: (json.loads(v) if k in (ALIASES_KEY, TIES_KEY) else v) for k, v in raw.items()}
 
 
-def tie_aliases(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+def tie_aliases(model: nn.Module, path: str | Path, undo: Undo | None = None) -> dict[str, list[str]]:
     """Make the names a seed checkpoint records as aliases one object in ``model``
     (before ``fully_shard``, on a meta model); returns {canonical name: aliases}."""
     aliases: dict[str, list[str]] = read_metadata(path).get(ALIASES_KEY, {})
     tree = walk(model)
     slots = {s.name: s for s in tree.tensors}
-    sharded = bool(tree.fsdp_modules())
+    sharded = bool(fsdp_modules(m.module for m in tree.modules))
+    undo = Undo() if undo is None else undo
     for name, others in aliases.items():
         if name not in slots:
             continue
         source = slots[name]
         for alias in others:
             target = slots.get(alias)
-            if target is None or target.tensor is source.tensor:
+            if target is None or live(target) is live(source):
                 continue
             if sharded and (is_dtensor(target.tensor) or is_dtensor(source.tensor)):
                 raise InitSpecError("checkpoint", f"{path} ties {alias!r} to {name!r}, but fully_shard already "
                                     "sharded them as two parameters (FSDP2 would untie them on every forward)",
                                     "tie before sharding: initspec.distributed.tie(model, path) on the meta model, "
                                     "then fully_shard, then load_checkpoint")
-            store = target.owner.module._parameters if target.kind == "parameter" else target.owner.module._buffers
-            store[target.attr] = source.tensor
+            put(target, live(source), undo)
     return {k: list(v) for k, v in aliases.items() if k in slots}
 
 
@@ -96,24 +98,20 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True, 
     Tied names in the file become one ``Parameter`` in the model (the
     canonical one) before values are copied. Tensors on the meta device get
     storage on ``device`` first (once per unique tensor; DTensor parameters in
-    place). A sharded model reads only its local slice of each tensor. If
-    anything is wrong, the model is left as it was.
+    place). A sharded model reads only its local slice of each tensor. Every
+    check (names, shapes, devices) runs before anything changes; if one fails,
+    the model is left as it was. A read error part-way through the copy (a file
+    changed on disk) undoes the ties and the materialization, but values already
+    copied into existing tensors stay copied.
     """
     from safetensors import safe_open
-    from .execute import _restore, materialize
-    from .sources import header
-    from .catalog import StepArgError
     try:
         on_file = header(str(path), "safetensors")
     except StepArgError as exc:
         raise InitSpecError("checkpoint", exc.what, exc.fix) from None
-    undo_ties: list = []
-    before = walk(model)
-    for slot in before.tensors:
-        undo_ties.append((slot, slot.tensor))
-    undo: list = []
+    undo = Undo()
     try:
-        tie_aliases(model, path)
+        tie_aliases(model, path, undo)
         tree = walk(model)
         aliases = read_metadata(path).get(ALIASES_KEY, {})
         slots = {s.name: s for s in tree.tensors}
@@ -132,10 +130,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True, 
             if on_file[key][0] != tuple(slots[key].tensor.shape):
                 raise InitSpecError("checkpoint", f"{key!r} has shape {list(on_file[key][0])} in {path} but "
                                     f"{list(slots[key].tensor.shape)} in the model", "load into the same model configuration")
-        meta: dict[int, tuple[str, torch.Tensor, list]] = {}
+        meta: dict[torch.Tensor, tuple[str, torch.Tensor, list]] = {}   # keyed by the tensor object
         for slot in tree.tensors:
             if is_meta(slot.tensor):
-                meta.setdefault(id(slot.tensor), (slot.name, slot.tensor, []))[2].append(slot)
+                meta.setdefault(slot.tensor, (slot.name, slot.tensor, []))[2].append(slot)
         unfilled = [n for n, _, _ in meta.values() if n not in keys]
         if unfilled:
             raise InitSpecError("checkpoint", f"{unfilled[0]!r} is on the meta device and {path} has no values for it",
@@ -144,28 +142,18 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True, 
             if device is None:
                 raise InitSpecError("device", f"{len(meta)} tensor(s) are on the meta device and no device was given",
                                     "pass device='cpu' (or 'cuda') to load_checkpoint()")
-            undo = materialize(list(meta.values()), device, tree)
-        slots = {s.name: live for s in tree.tensors for live in [_live(s)]}
+            materialize(list(meta.values()), device, tree, undo)
         with torch.no_grad(), safe_open(str(path), framework="pt") as f:
             for key in keys:
-                _copy_into(slots[key], f, key)
+                _copy_into(live(slots[key]), f, key)
     except BaseException:
-        _restore(undo)
-        for slot, tensor in reversed(undo_ties):
-            store = slot.owner.module._parameters if slot.kind == "parameter" else slot.owner.module._buffers
-            store[slot.attr] = tensor
+        undo.rollback()
         raise
     return model
 
 
-def _live(slot) -> torch.Tensor:
-    store = slot.owner.module._parameters if slot.kind == "parameter" else slot.owner.module._buffers
-    return store[slot.attr]
-
-
 def _copy_into(tensor: torch.Tensor, handle: Any, key: str) -> None:
     """Copy a file tensor into a (possibly sharded) model tensor, reading only the local slice."""
-    from .execute import region_of
     region = region_of(tensor)
     if region.local.numel() == 0:
         return

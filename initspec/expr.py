@@ -87,6 +87,15 @@ def evaluate(text: str, names: Mapping[str, Any]) -> float | int:
     return result
 
 
+def names_in(text: str) -> frozenset[str]:
+    """The names an expression uses (empty for text that does not parse: evaluating it reports why)."""
+    try:
+        tree = _parse(text)
+    except ExprError:
+        return frozenset()
+    return frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> ast.Expression:
     """The checked syntax tree of an expression, parsed once per text (planning evaluates

@@ -45,7 +45,7 @@ def load_data(obj: Any, *, vars: Mapping[str, Any] | None = None) -> dict:
     """Plain, resolved data of a spec given as path, preset name, dict or DictConfig."""
     check_vars_arg(vars)
     if isinstance(obj, (str, os.PathLike)):
-        node = _from_file(_find(obj))
+        node = read_yaml(find_spec_file(obj))
     elif isinstance(obj, DictConfig):
         node = obj
     elif isinstance(obj, Mapping):
@@ -71,7 +71,7 @@ def check_vars_arg(vars: Any) -> None:
                             "pass e.g. vars={'n_layer': 12}")
 
 
-def _find(obj: str | os.PathLike) -> Path:
+def find_spec_file(obj: str | os.PathLike) -> Path:
     path = Path(obj)
     if path.is_file():
         return path
@@ -88,7 +88,7 @@ def _find(obj: str | os.PathLike) -> Path:
 MAX_YAML_NODES = 20_000  # after alias expansion: a spec is far smaller; anchors can multiply it
 
 
-def _from_file(path: Path) -> DictConfig:
+def read_yaml(path: Path) -> DictConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -1,15 +1,15 @@
-"""Tables for plans and reports (rich), as plain text."""
+"""Tables for plans and reports (rich), as plain text.
+
+A leaf module: it reads the fields of :class:`~initspec.results.Plan` and
+:class:`~initspec.report.Report` objects and imports neither.
+"""
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-if TYPE_CHECKING:
-    from .plan import Plan
-    from .report import Report
 
 
 def _console(width: int | None) -> Console:
@@ -36,7 +36,7 @@ def _steps(entry) -> str:
     return entry.steps
 
 
-def _footer(plan: "Plan") -> list[str]:
+def _footer(plan: Any) -> list[str]:
     lines = []
     for group in plan.ties:
         lines.append(f"tie {group.name} ({group.kind}): {group.source} <- {', '.join(group.targets) or '(nothing)'}")
@@ -51,7 +51,7 @@ def _footer(plan: "Plan") -> list[str]:
     return lines
 
 
-def render_plan(plan: "Plan", width: int | None = None) -> str:
+def render_plan(plan: Any, width: int | None = None) -> str:
     table = Table(title=f"initspec plan (seed {plan.seed}, streams {plan.streams})", show_lines=False)
     for column in ("parameter", "shape", "rule", "steps", "tie", "shadowed"):
         table.add_column(column, overflow="fold")
@@ -65,7 +65,7 @@ def render_plan(plan: "Plan", width: int | None = None) -> str:
     return console.file.getvalue()
 
 
-def render_report(report: "Report", width: int | None = None) -> str:
+def render_report(report: Any, width: int | None = None) -> str:
     plan = report.plan
     table = Table(title=f"initspec report (seed {plan.seed}, {report.seconds:.3f} s)")
     for column in ("parameter", "shape", "rule", "steps", "tie", "expected std", "mean", "std", "min", "max", "zeros"):
@@ -84,7 +84,7 @@ def render_report(report: "Report", width: int | None = None) -> str:
     return console.file.getvalue()
 
 
-def render_rule_stats(report: "Report", width: int | None = None) -> str:
+def render_rule_stats(report: Any, width: int | None = None) -> str:
     table = Table(title="statistics per rule")
     for column in ("rule", "tensors", "numel", "expected std", "std", "mean", "min", "max"):
         table.add_column(column)

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .plan import Plan
-from .tree import local_tensor, walk
+from .render import render_report
+from .results import Plan
+from .sharding import local_tensor
+from .tree import walk
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,6 @@ class Report:
         return json.dumps(self.to_dict(), indent=2)
 
     def explain(self, width: int | None = None) -> str:
-        from .render import render_report
         return render_report(self, width=width)
 
     def __str__(self) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from .catalog import StepArgError
-from .ops import Op, op
+from .errors import StepArgError, suggest
+from .primitives import Block, Op, Primitive
 from .tensor_info import TensorInfo
 
 _TORCH_FILES: dict[str, dict[str, torch.Tensor]] = {}
@@ -91,15 +91,21 @@ def _dtype_name(code: str) -> str:
     return _SAFETENSORS_DTYPES.get(code, code.lower())
 
 
-def resolve_checkpoint(t: TensorInfo, path: str, key: str, missing: str, fmt: str) -> Op:
-    """Plan-time check of a checkpoint step for one tensor."""
+def _fill_checkpoint(out: torch.Tensor, op: Op, block: Block) -> None:
+    out.copy_(read_rows(op, block.first, block.end).reshape(out.shape))
+
+
+CHECKPOINT = Primitive("checkpoint", _fill_checkpoint)   # bounds unknown: staged and checked
+
+
+def checkpoint_op(t: TensorInfo, path: str, key: str, missing: str, fmt: str) -> Op | None:
+    """Plan-time check of a checkpoint step for one tensor: the op, or None for an absent key
+    with ``missing: init`` (the rule's other steps fill it)."""
     keys = header(path, fmt)
     label = f"checkpoint({Path(path).name}[{key!r}])"
     if key not in keys:
         if missing == "init":
-            return op("checkpoint", label=f"{label} missing -> fallback", path=path, key=key, missing=missing,
-                      present=False, format=fmt)
-        from .errors import suggest
+            return None
         raise StepArgError("key", f"key {key!r} (for {t.name!r}) is not in {path!r}.{suggest(key, keys)}",
                            "fix the key template, or set missing: init to fall back to the rule's other steps")
     shape, dtype = keys[key]
@@ -110,7 +116,7 @@ def resolve_checkpoint(t: TensorInfo, path: str, key: str, missing: str, fmt: st
     if dtype != want:
         raise StepArgError("key", f"{key!r} in {path!r} has dtype {dtype}, but {t.name!r} is {want}",
                            "convert the checkpoint or the model to one dtype")
-    return op("checkpoint", label=label, path=path, key=key, missing=missing, present=True, format=fmt)
+    return CHECKPOINT.op(label=label, path=path, key=key, format=fmt)
 
 
 def read_rows(o: Op, r0: int, r1: int) -> torch.Tensor:

@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from .catalog import REQUIRED, STEPS, StepArgError, check_value
-from .errors import InitSpecError, Problem, raise_all, suggest
+from . import catalog  # noqa: F401  (registers the built-in steps)
+from .errors import InitSpecError, Problem, StepArgError, raise_all, suggest
+from .steps import REQUIRED, STEPS, check_value
 
 ROOT = "initspec"
 NUMERIC_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -258,7 +259,7 @@ def _check_steps(rule_name: str, steps: list[dict], is_list: bool) -> list[Probl
     """Argument names and literal values of each step, before any model is seen."""
     problems = []
     for i, step in enumerate(steps):
-        if "fn" in step or STEPS[step["name"]].custom:
+        if "fn" in step:
             for key, value in step["args"].items():
                 if isinstance(value, dict) and set(value) != {"expr"}:
                     problems.append(Problem(step_path(rule_name, is_list, i, key),

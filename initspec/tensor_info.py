@@ -26,8 +26,9 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: Any
     owner_class: type | None = None
-    owner_attrs: Mapping[str, Any] = field(default_factory=dict)
+    owner_attrs: Mapping[str, Any] = field(default_factory=dict)   # what the step declared it reads
     transposed: bool = False
+    captures: tuple[str, ...] = ()     # what each * / ? of the rule's pattern matched in the name
 
     @property
     def ndim(self) -> int:

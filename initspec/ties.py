@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import Problem
 from .match import PatternError, compile_pattern, nearest
+from .slots import Undo, live, put, put_module
 from .spec import ROOT, Spec
 from .tree import Tree
 
@@ -35,21 +36,28 @@ class TieGroup:
         """
         out = {}
         if self.kind == "parameter":
-            slot = {(id(s.owner.module), s.attr): s for s in (tree.by_tensor_name[t] for t in self.targets)}
+            wanted = {(slot.owner.module, slot.attr) for slot in (tree.by_tensor_name[t] for t in self.targets)}
             for s in tree.tensors:
-                if (id(s.owner.module), s.attr) in slot and s.name != self.source:
+                if (s.owner.module, s.attr) in wanted and s.name != self.source:
                     out[s.name] = self.source
             return out
-        module_at = {m.path: m.module for m in tree.modules}
-        wanted = set()
-        for target in self.targets:
-            slot = tree.by_module_name[target]
-            wanted.add((id(module_at.get(slot.parent_path)), slot.attr))
-        aliases = [m.name for m in tree.modules if m.name and (id(module_at.get(m.parent_path)), m.attr) in wanted]
+        wanted = {(slot.parent, slot.attr) for slot in (tree.by_module_name[t] for t in self.targets)}
+        aliases = [m.name for m in tree.modules if m.name and (m.parent, m.attr) in wanted]
         for target in dict.fromkeys(aliases):
             for name in _tensors_under(tree, target):
                 out[name] = self.source + name[len(target):]
         return out
+
+    def make(self, tree: Tree, undo: Undo) -> None:
+        """Make every target the source object (recorded in ``undo``)."""
+        if self.kind == "module":
+            source = tree.by_module_name[self.source].module
+            for target in self.targets:
+                put_module(tree.by_module_name[target], source, undo)
+            return
+        source = live(tree.by_tensor_name[self.source])   # live: materializing replaces meta parameters
+        for target in self.targets:
+            put(tree.by_tensor_name[target], source, undo)
 
 
 def _tensors_under(tree: Tree, module: str) -> list[str]:
@@ -188,30 +196,3 @@ def _overlaps(groups: list[TieGroup], tree: Tree) -> list[Problem]:
                 break
             owner[name] = group.name
     return problems
-
-
-def tie(model: nn.Module, tree: Tree, group: TieGroup) -> list[tuple[nn.Module, str, object]]:
-    """Make every target the source object; returns undo records (parent, attr, old)."""
-    undo = []
-    if group.kind == "module":
-        source = tree.by_module_name[group.source].module
-        for target in group.targets:
-            slot = tree.by_module_name[target]
-            parent = model.get_submodule(slot.parent_path)
-            undo.append((parent, slot.attr, parent._modules[slot.attr]))
-            setattr(parent, slot.attr, source)
-    else:
-        head = tree.by_tensor_name[group.source]
-        source = head.owner.module._parameters[head.attr]  # live: materialization replaces meta parameters
-        for target in group.targets:
-            slot = tree.by_tensor_name[target]
-            parent = slot.owner.module
-            undo.append((parent, slot.attr, parent._parameters[slot.attr]))
-            setattr(parent, slot.attr, source)
-    return undo
-
-
-def untie(undo: list[tuple[nn.Module, str, object]]) -> None:
-    """Put back what :func:`tie` replaced."""
-    for parent, attr, old in reversed(undo):
-        setattr(parent, attr, old)

@@ -29,3 +29,14 @@ def assert_unchanged(model: torch.nn.Module, snap: dict) -> None:
 @pytest.fixture
 def unchanged():
     return snapshot, assert_unchanged
+
+
+def fill_region(plan, name: str, local: torch.Tensor, offset: tuple[int, ...], shape: tuple[int, ...],
+                threads: int = 1) -> torch.Tensor:
+    """Fill ``local`` as the process holding ``shape[offset:]`` of entry ``name`` would (no processes)."""
+    from initspec.execute import stream_of
+    from initspec.fill import fill_tasks, run_tasks
+    from initspec.sharding import Region
+    entry = plan.entry(name)
+    run_tasks(fill_tasks(entry.ops, Region(local, offset, shape), stream_of(plan, entry, local.device)), threads)
+    return local

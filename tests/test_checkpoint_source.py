@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 import initspec
-import initspec.kernels as kernels
-from initspec.execute import Region, fill_tasks, run_tasks
+import initspec.sources as sources
+from conftest import fill_region
 from initspec.streams import rows_per_chunk
 
 
@@ -133,10 +133,10 @@ def test_a_row_shard_reads_only_its_rows(tmp_path, monkeypatch, dtype, rows, lo,
         reads.append((r0, r1))
         return read_rows(o, r0, r1)
 
-    read_rows = kernels.read_rows
-    monkeypatch.setattr(kernels, "read_rows", recording)
+    read_rows = sources.read_rows
+    monkeypatch.setattr(sources, "read_rows", recording)
     local = torch.zeros(hi - lo, width, dtype=dtype)
-    run_tasks(fill_tasks(plan.entry("w"), Region(local, (lo, 0), (rows, width)), plan), threads=2)
+    fill_region(plan, "w", local, (lo, 0), (rows, width), threads=2)
     assert reads and all(lo <= a < b <= hi for a, b in reads), reads
     assert sum(b - a for a, b in reads) == hi - lo      # every row once
     assert torch.equal(local, (full[lo:hi].float() * 0.5).to(dtype))
@@ -153,5 +153,5 @@ def test_a_column_shard_gets_its_columns(tmp_path):
     plan = initspec.plan(model, {"rules": {"w": {"match": "w", "init": {"name": "checkpoint", "path": str(path),
                                                                           "key": "w"}}}})
     local = torch.zeros(50, 250)
-    run_tasks(fill_tasks(plan.entry("w"), Region(local, (0, 501), (50, 1001)), plan), threads=1)
+    fill_region(plan, "w", local, (0, 501), (50, 1001))
     assert torch.equal(local, full[:, 501:751])

@@ -149,24 +149,45 @@ def test_custom_fn_with_generator_literal_strings_and_expr():
     assert torch.equal(lin.weight.detach(), expected)
 
 
-def test_register_step():
-    calls = []
+def test_register_step_follows_the_builtin_contract():
+    """A registered step gets the tensor's facts and evaluated args, and returns ops, like a built-in."""
+    from initspec.primitives import CONSTANT
+    seen = []
 
-    @initspec.register_step("fill_rows")
-    def fill_rows(tensor, offset=0.0, label=""):
-        calls.append(label)
-        tensor.copy_(torch.arange(tensor.shape[0]).unsqueeze(1).expand_as(tensor) + offset)
+    @initspec.register_step("const_by_fan", args={"times": initspec.Arg("number", 1.0),
+                                                 "label": initspec.Arg("str", "")})
+    def const_by_fan(t, times, label):
+        """w = times · fan_in."""
+        seen.append((t.name, t.shape, label))
+        return CONSTANT.op(label=f"const_by_fan = {times * t.fan_in:g}", value=times * t.fan_in)
 
     try:
         lin = nn.Linear(3, 4)
-        initspec.apply(lin, {"rules": {"w": {"match": "weight", "init": {"name": "fill_rows", "offset": {"expr": "fan_in"},
-                                                                           "label": "1 / fan_in"}}}})
-        assert calls == ["1 / fan_in"]   # strings pass through literally
-        assert torch.equal(lin.weight.detach()[:, 0], torch.tensor([3.0, 4, 5, 6]))
+        report = initspec.apply(lin, {"rules": {"w": {"match": "weight", "init": {
+            "name": "const_by_fan", "times": "1 / fan_in * 2", "label": "1 / fan_in"}}}})
+        assert seen == [("weight", (4, 3), "1 / fan_in")]          # str args pass literally, numbers evaluate
+        assert torch.equal(lin.weight.detach(), torch.full((4, 3), 2.0))
+        assert report.plan.entry("weight").expected_std == 0.0     # the primitive's std, as for built-ins
+        with pytest.raises(InitSpecError) as err:                  # its args are checked like a built-in's
+            initspec.plan(lin, {"rules": {"w": {"match": "weight", "init": {"name": "const_by_fan", "tims": 2}}}})
+        assert err.value.paths == ("initspec.rules.w.init.tims",) and "times" in str(err.value)
         with pytest.raises(ValueError):
-            initspec.register_step("normal")(fill_rows)
+            initspec.register_step("normal")(const_by_fan)
+        with pytest.raises(TypeError):
+            initspec.register_step("bad_args", args={"x": 1.0})
     finally:
-        initspec.unregister_step("fill_rows")
+        initspec.unregister_step("const_by_fan")
+    assert "const_by_fan" not in initspec.STEPS
+
+
+def test_a_step_that_returns_no_op_is_a_planning_problem():
+    initspec.register_step("broken", args={})(lambda t: 42)
+    try:
+        with pytest.raises(InitSpecError) as err:
+            initspec.plan(nn.Linear(2, 2), {"rules": {"w": {"match": "weight", "init": "broken"}}})
+        assert err.value.paths == ("initspec.rules.w.init",) and "returned int" in str(err.value)
+    finally:
+        initspec.unregister_step("broken")
 
 
 def test_fan_on_1d_names_the_parameter():
@@ -179,5 +200,5 @@ def test_fan_on_1d_names_the_parameter():
 
 def test_every_catalog_step_has_a_formula_docstring():
     for name, step in initspec.STEPS.items():
-        if not step.custom:
+        if step.builtin:
             assert step.doc, name

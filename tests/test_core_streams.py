@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import initspec
-from initspec.execute import Region, fill_tasks, run_tasks
+from conftest import fill_region
 from initspec.streams import CHUNK_NUMEL, chunk_ranges, rows_per_chunk
 
 SPEC = {"seed": 11, "rules": {
@@ -91,10 +91,10 @@ def test_any_row_range_equals_the_slice_of_the_full_tensor(r0, r1):
         report = initspec.apply(holder, spec)
         full = holder.w.detach().clone()
         part = torch.empty(r1 - r0, 512)
-        run_tasks(fill_tasks(report.plan.entry("w"), Region(part, (r0, 0), shape), report.plan), 2)
+        fill_region(report.plan, "w", part, (r0, 0), shape, threads=2)
         assert torch.equal(part, full[r0:r1]), step
         cols = torch.empty(5000, 100)   # a Shard(1) piece: columns [200, 300)
-        run_tasks(fill_tasks(report.plan.entry("w"), Region(cols, (0, 200), shape), report.plan), 2)
+        fill_region(report.plan, "w", cols, (0, 200), shape, threads=2)
         assert torch.equal(cols, full[:, 200:300]), step
 
 

@@ -20,8 +20,8 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
-from initspec.catalog import REQUIRED, STEPS
-from initspec.ops import value_bounds
+from initspec.steps import REQUIRED, STEPS
+from initspec.primitives import value_bounds
 
 EXAMPLES = int(os.environ.get("INITSPEC_PROPERTY_EXAMPLES", "100"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -100,7 +100,7 @@ GLOBS = ["*", "*.weight", "*.bias", "*.0.*", "*running_*", "re:.*\\.weight", "re
 BAD_GLOBS = ["*.wieght", "re:(", "[abc", "nothing.here", "re:(.*)*x"]
 FNS = ["torch.nn.init.ones_", "torch.nn.init.zeros_", "torch.nn.init.normal_", "torch.nn.init.eye_"]
 BAD_FNS = ["os.system", "torch.nn.init.torch.save", "builtins.eval", "torch.nn.init.nope_"]
-STEP_NAMES = sorted(n for n, d in STEPS.items() if not d.custom and n != "checkpoint")
+STEP_NAMES = sorted(n for n, d in STEPS.items() if d.builtin and n != "checkpoint")
 
 
 def arg_values(arg):

@@ -184,7 +184,7 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    import initspec.kernels as kernels
+    import initspec.sources as sources
     import initspec.streams as streams
 
     mesh = init_device_mesh("cpu", (world,))
@@ -192,7 +192,7 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
 
     # FSDP2 Shard(0) on a meta build: record every chunk drawn and every checkpoint row read
     drawn, reads = [], []
-    generator, read_rows = streams.Stream.generator, kernels.read_rows
+    generator, read_rows = streams.Stream.generator, sources.read_rows
 
     def recording_generator(self, step, chunk):
         drawn.append((self.name, step, chunk))
@@ -207,13 +207,13 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     fully_shard(wide.big, mesh=mesh)
     fully_shard(wide, mesh=mesh)
     ids = {n: id(p) for n, p in wide.named_parameters()}
-    streams.Stream.generator, kernels.read_rows = recording_generator, recording_read
+    streams.Stream.generator, sources.read_rows = recording_generator, recording_read
     start = time.perf_counter()
     try:
         with _fsdp_resets() as resets:
             initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
     finally:
-        streams.Stream.generator, kernels.read_rows = generator, read_rows
+        streams.Stream.generator, sources.read_rows = generator, read_rows
     out["wide_resets"] = resets
     out["wide_seconds"] = time.perf_counter() - start
     out["wide_same_objects"] = all(id(p) == ids[n] for n, p in wide.named_parameters())
