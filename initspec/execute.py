@@ -106,7 +106,7 @@ def _materialize(layout: Layout, entries: tuple[Entry, ...], device: Any, undo: 
     if device is None:
         raise InitSpecError("device", f"{len(meta)} tensor(s) are on the meta device (e.g. {meta[0].name!r}) "
                             "and no device was given", "pass device='cpu' (or 'cuda') to apply()")
-    materialize([(e.name, layout.tensors[e.name], layout.slots[e.name]) for e in meta], device, layout.tree, undo)
+    materialize([(e.name, layout.tensors[e.name], layout.slots(e.name)) for e in meta], device, layout.tree, undo)
 
 
 def materialize(items: list[tuple[str, torch.Tensor, list[TensorSlot]]], device: Any, tree: Tree,

@@ -25,17 +25,17 @@ from __future__ import annotations
 import bisect
 import difflib
 import fnmatch
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .regex_safety import backtracking_hazard
+from .regex_tree import backtracking_hazard, literal_ends, template_regex
 
 DIGITS = "0123456789"
 TO_TEMPLATE = str.maketrans(DIGITS, "#" * len(DIGITS))
 _GLOB_TOKEN = re.compile(r"\[!?\]?[^\]]*\]|.", re.S)   # a [..] / [!..] class (a leading ] is a member) or a char
-_REGEX_SPECIAL = set(".^$*+?{}[]|()\\")
 
 
 class PatternError(Exception):
@@ -114,31 +114,8 @@ def _compile_regex(text: str, tag: int) -> Pattern:
     if hazard:
         raise PatternError(text, f"regex {body!r} could backtrack for hours: it has {hazard}; "
                                  "use a glob or a regex without nested repetition")
-    return Pattern(text, tag, compiled, prefix=_regex_prefix(body))
-
-
-def _regex_prefix(body: str) -> str:
-    """Characters every match of the regex starts with (a conservative, possibly empty, guess)."""
-    if "|" in body:
-        return ""   # an alternative may start differently
-    out = []
-    i = 0
-    while i < len(body):
-        char = body[i]
-        if char == "\\" and i + 1 < len(body) and not body[i + 1].isalnum():
-            literal, width = body[i + 1], 2
-        elif char in _REGEX_SPECIAL:
-            break
-        else:
-            literal, width = char, 1
-        after = body[i + width:i + width + 1]
-        if after and after in "*?{":
-            break   # the character may be absent
-        out.append(literal)
-        if after == "+":
-            break
-        i += width
-    return "".join(out)
+    prefix, suffix = literal_ends(body)
+    return Pattern(text, tag, compiled, prefix=prefix, suffix=suffix, template=template_regex(body))
 
 
 def _class_regex(token: str) -> str:
@@ -174,39 +151,42 @@ def _template_regex(tokens: list[str]) -> str:
 
 
 class SortedIndex:
-    """Entries sorted forwards and by their reversed text, for prefix and suffix ranges."""
+    """Entries in sorted order, forwards and by their reversed text, for prefix and suffix ranges."""
 
     def __init__(self, entries: list[str]):
         self.entries = entries
-        self._forward: list[tuple[str, int]] | None = None
-        self._backward: list[tuple[str, int]] | None = None
+        self._forward: list[int] | None = None    # entry indices, by entry
+        self._reversed: list[str] | None = None
+        self._backward: list[int] | None = None   # entry indices, by reversed entry
 
     def starting_with(self, prefix: str) -> list[int]:
         if self._forward is None:
-            self._forward = sorted((e, i) for i, e in enumerate(self.entries))
-        return _between(self._forward, prefix)
+            self._forward = sorted(range(len(self.entries)), key=self.entries.__getitem__)
+        return _between(self._forward, self.entries, prefix)
 
     def ending_with(self, suffix: str) -> list[int]:
         if self._backward is None:
-            self._backward = sorted((e[::-1], i) for i, e in enumerate(self.entries))
-        return _between(self._backward, suffix[::-1])
+            self._reversed = [e[::-1] for e in self.entries]
+            self._backward = sorted(range(len(self.entries)), key=self._reversed.__getitem__)
+        return _between(self._backward, self._reversed, suffix[::-1])
 
     def candidates(self, prefix: str, suffix: str) -> Sequence[int]:
-        """Entries that may start with ``prefix`` and end with ``suffix`` (the narrower range)."""
+        """Indices of the entries that start with ``prefix`` or (whichever are fewer) end with
+        ``suffix``: every entry that has both is among them."""
         if not prefix and not suffix:
             return range(len(self.entries))
         if not suffix:
             return self.starting_with(prefix)
         if not prefix:
             return self.ending_with(suffix)
-        first, last = self.starting_with(prefix), self.ending_with(suffix)
-        return first if len(first) <= len(last) else last
+        return min(self.starting_with(prefix), self.ending_with(suffix), key=len)
 
 
-def _between(ordered: list[tuple[str, int]], start: str) -> list[int]:
-    lo = bisect.bisect_left(ordered, (start,))
-    hi = bisect.bisect_left(ordered, (start + "\U0010ffff",), lo)
-    return [i for _, i in ordered[lo:hi]]
+def _between(order: list[int], texts: list[str], start: str) -> list[int]:
+    """The indices in ``order`` (sorted by ``texts``) whose text starts with ``start`` (bisection)."""
+    lo = bisect.bisect_left(order, start, key=texts.__getitem__)
+    hi = bisect.bisect_left(order, start + "\U0010ffff", lo, key=texts.__getitem__)
+    return order[lo:hi]
 
 
 class PatternSet:
@@ -231,64 +211,89 @@ class PatternSet:
         Names with the same answer share one tuple.
         """
         names = list(names)
-        templates = [template_of(n) for n in names]
-        members: dict[str, list[int]] = defaultdict(list)   # template -> indices of its names
-        for i, t in enumerate(templates):
-            members[t].append(i)
-        distinct = list(members)
+        templates = [n.translate(TO_TEMPLATE) for n in names]
+        number: dict[str, int] = {}                                     # template -> its number
+        template_of_name = [number.setdefault(t, len(number)) for t in templates]
+        distinct = list(number)
         template_index = SortedIndex(distinct)
-        name_index = SortedIndex(names)
+        # names without digits are their own templates: then one index serves both
+        name_index = template_index if distinct == names else SortedIndex(names)
 
-        template_tags: dict[str, list[int]] = defaultdict(list)   # tags every name of a template has
+        template_tags: list[tuple[int, ...]] = [()] * len(distinct)    # tags every name of a template has
         for p in self.by_template:
-            for j in template_index.candidates(p.prefix, p.suffix):
-                if p.matches(distinct[j]):
-                    template_tags[distinct[j]].append(p.tag)
+            for j in _hits(p, template_index.candidates(p.prefix, p.suffix), distinct, ranged=True):
+                template_tags[j] += (p.tag,)
 
-        name_tags: dict[int, list[int]] = defaultdict(list)        # tags of single names
+        name_tags: dict[int, tuple[int, ...]] = {}                      # tags of single names
         if self.literal:
-            where = _positions(names)
-            for text, tags in self.literal.items():
-                for i in where.get(text, ()):
-                    name_tags[i].extend(tags)
+            for i, name in enumerate(names):
+                if name in self.literal:
+                    name_tags[i] = tuple(self.literal[name])
+        members = Members(template_of_name, len(distinct))
         for p in self.by_name:
-            for i in self._candidates(p, names, members, distinct, template_index, name_index):
-                if p.matches(names[i]):
-                    name_tags[i].append(p.tag)
+            candidates, ranged = self._candidates(p, members, distinct, name_index)
+            for i in _hits(p, candidates, names, ranged):
+                name_tags[i] = name_tags.get(i, ()) + (p.tag,)
 
-        answers: dict[tuple[int, ...], tuple[int, ...]] = {}   # one shared tuple per distinct answer
-        per_template = {t: _canonical(tuple(template_tags.get(t, ())), answers) for t in distinct}
-        out = [per_template[t] for t in templates]
+        canonical = Canonical()
+        answer_of_template = [canonical(tags) for tags in template_tags]
+        out = [answer_of_template[j] for j in template_of_name]
         for i, tags in name_tags.items():
-            out[i] = _canonical(out[i] + tuple(tags), answers)
+            out[i] = canonical(out[i] + tags)
         return out
 
     @staticmethod
-    def _candidates(p: Pattern, names: list[str], members: dict[str, list[int]], distinct: list[str],
-                    template_index: SortedIndex, name_index: SortedIndex) -> Sequence[int]:
-        """The fewest names ``p`` must be tried on: by prefix, by suffix, or by template."""
-        best: Sequence[int] = range(len(names))
-        if p.prefix or p.suffix:
-            best = name_index.candidates(p.prefix, p.suffix)
+    def _candidates(p: Pattern, members: Members, distinct: list[str],
+                    name_index: SortedIndex) -> tuple[Sequence[int], bool]:
+        """The fewest names ``p`` must be tried on: those with its prefix or suffix (then True), or
+        those whose template its template form accepts (then False)."""
+        best = name_index.candidates(p.prefix, p.suffix)
         if p.template is not None and len(best) > len(distinct):
-            screened = [i for j in template_index.candidates(template_of(p.prefix), template_of(p.suffix))
-                        if p.template.match(distinct[j]) for i in members[distinct[j]]]
-            if len(screened) < len(best):
-                best = screened
-        return best
+            accepted = [j for j, t in enumerate(distinct) if p.template.match(t)]
+            if sum(len(members.of[j]) for j in accepted) < len(best):
+                return [i for j in accepted for i in members.of[j]], False
+        return best, True
 
 
-def _canonical(tags: tuple[int, ...], answers: dict[tuple[int, ...], tuple[int, ...]]) -> tuple[int, ...]:
-    """``tags`` sorted and without repeats, as the one shared tuple for that answer."""
-    key = tuple(sorted(set(tags))) if len(tags) > 1 else tags
-    return answers.setdefault(key, key)
+def _hits(p: Pattern, candidates: Sequence[int], texts: list[str], ranged: bool) -> Sequence[int]:
+    """The candidates whose text ``p`` matches. ``ranged``: the candidates are exactly the texts
+    that start with its prefix or end with its suffix (SortedIndex.candidates)."""
+    if ranged and p.simple and not (p.prefix and p.suffix):
+        return candidates   # prefix* or *suffix: being in the range is matching
+    if p.simple:
+        least = len(p.prefix) + len(p.suffix)
+        return [i for i in candidates if texts[i].startswith(p.prefix) and texts[i].endswith(p.suffix)
+                and len(texts[i]) >= least]
+    match = p.regex.match
+    return [i for i in candidates if match(texts[i])]
 
 
-def _positions(names: list[str]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = defaultdict(list)
-    for i, name in enumerate(names):
-        out[name].append(i)
-    return out
+class Members:
+    """Template number -> the indices of its names, grouped on first use."""
+
+    def __init__(self, template_of_name: list[int], templates: int):
+        self.template_of_name, self.templates = template_of_name, templates
+
+    @functools.cached_property
+    def of(self) -> list[list[int]]:
+        groups: list[list[int]] = [[] for _ in range(self.templates)]
+        for i, j in enumerate(self.template_of_name):
+            groups[j].append(i)
+        return groups
+
+
+class Canonical:
+    """Tag tuples as sorted, repeat-free tuples, one shared object per distinct answer."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def __call__(self, tags: tuple[int, ...]) -> tuple[int, ...]:
+        found = self.seen.get(tags)
+        if found is None:
+            clean = tuple(sorted(set(tags)))
+            found = self.seen[tags] = self.seen.setdefault(clean, clean)
+        return found
 
 
 def nearest(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:

@@ -18,8 +18,9 @@ Follow one tensor from :func:`make_plan` to its :class:`~initspec.results.Entry`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -62,20 +63,22 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
     matched, won = [0] * len(rules), [0] * len(rules)
     entries: list[Entry] = []
     tensors: dict[str, torch.Tensor] = {}
-    slots_of: dict[str, list[TensorSlot]] = {}
+    rows_of: dict[str, tuple[int, ...]] = {}
     uncovered: list[tuple[str, TensorSlot]] = []
     failing: dict[Problem, list[str]] = {}
+    selected: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}   # (candidates, tie candidates) -> tensors
 
-    for unit in unique_tensors(tree, groups):
-        head = unit.head
-        name, tensor = head.name, unit.tensor
+    for tensor, rows in unique_tensors(tree, groups):
+        if len(rows) == 1:   # the common case: one name, no tie
+            head, aliases, candidates, tied = tree.tensors[rows[0]], (), admitted[rows[0]], ()
+        else:
+            head, aliases, candidates, tied = held_by_several(tree, tensor, rows, admitted)
+        name = head.name
         tensors[name] = tensor
-        slots_of[name] = unit.slots
-        candidates, tied = unit.candidates(admitted)
-        for r in (*candidates, *tied):
-            matched[r] += 1
+        rows_of[name] = rows
+        selected[candidates, tied] = selected.get((candidates, tied), 0) + 1
         decision = decider.decide(candidates, tied, head, tensor)
-        common = (name, unit.aliases, head.kind, decision.shape, decision.dtype_name)
+        common = (name, aliases, head.kind, decision.shape, decision.dtype_name)
         if decision.rule is None:
             entries.append(Entry(*common, "keep", None, (), tie_of.get(name), decision.shadowed))
             if head.kind == "parameter" or is_meta(tensor):
@@ -86,12 +89,15 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
             for p in decision.problems:
                 failing.setdefault(p, []).append(name)
             continue
-        if reads_values(decision.ops) and is_meta(tensor):
+        if decision.reads_values and is_meta(tensor):
             problems.append(_reads_meta(name, decision.ops, *rules[decision.rule]))
             continue
         entries.append(Entry(*common, "fill", rules[decision.rule][0], decision.ops, tie_of.get(name),
                              decision.shadowed, decision.expected_std, decision.staged))
 
+    for (candidates, tied), count in selected.items():
+        for r in (*candidates, *tied):
+            matched[r] += count
     problems += [_for_tensors(p, names) for p, names in failing.items()]
     problems += _unmatched_rules(spec, rules, matched, tree)
     resets: dict[str, nn.Module] = {}
@@ -103,7 +109,7 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
         resets=tuple(reset_names),
         rules=tuple(RuleSummary(n, tuple(r.match), matched[i], won[i]) for i, (n, r) in enumerate(rules)),
         warnings=tuple(_warnings(tree)), spec=spec)
-    return plan, Layout(tree, tensors, slots_of, tuple(resets.values()), tuple(reset_names))
+    return plan, Layout(tree, tensors, rows_of, tuple(resets.values()), tuple(reset_names))
 
 
 # ------------------------------------------------------------------ selection
@@ -135,6 +141,7 @@ class Selection:
                         problems.append(Problem(f"{ROOT}.rules.{rule_name}.{key}{index}", exc.what,
                                                 "globs use * ? [..]; regexes start with 're:'"))
         self.match, self.exclude = PatternSet(match), PatternSet(exclude)
+        self._filterless: dict[tuple[int, ...], bool] = {}
 
     def admitted(self, tree: Tree) -> list[tuple[int, ...]]:
         """For each tensor slot, the indices of the rules that admit it."""
@@ -142,10 +149,17 @@ class Selection:
         matched = self.match.match(names)
         excluded = self.exclude.match(names) if self.exclude.patterns else [()] * len(names)
         answers: dict[AdmissionKey, tuple[int, ...]] = {}
+        unfiltered: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...]] = {}
         out = []
         for slot, hits, misses in zip(tree.tensors, matched, excluded):
             if not hits:
                 out.append(())
+                continue
+            if slot.kind == "parameter" and self.filterless(hits):   # the answer depends on the name only
+                pair = (hits, misses)
+                if pair not in unfiltered:
+                    unfiltered[pair] = tuple(r for r in hits if r not in misses)
+                out.append(unfiltered[pair])
                 continue
             tensor = slot.tensor
             key = AdmissionKey(hits, misses, slot.kind, type(slot.owner.module), tensor.dim(),
@@ -154,6 +168,12 @@ class Selection:
                 answers[key] = self._admit(key)
             out.append(answers[key])
         return out
+
+    def filterless(self, hits: tuple[int, ...]) -> bool:
+        """No rule among ``hits`` filters by module or ndim (cached per distinct ``hits``)."""
+        if hits not in self._filterless:
+            self._filterless[hits] = not any(self.rules[r][1].module or self.rules[r][1].ndim for r in hits)
+        return self._filterless[hits]
 
     def _admit(self, key: AdmissionKey) -> tuple[int, ...]:
         if not key.floating:
@@ -185,59 +205,38 @@ def class_matches(cls: type, wanted: str) -> bool:
 
 # -------------------------------------------------------------- unique tensors
 
-@dataclass
-class Unit:
-    """One unique tensor after tying, and every slot that holds it (in registration order)."""
-
-    tensor: torch.Tensor
-    rows: list[int]                  # indices of its slots in tree.tensors
-    slots: list[TensorSlot]
-
-    @property
-    def own(self) -> list[int]:
-        """The slots that hold this tensor already (not only once a tie is made)."""
-        return [row for row, slot in zip(self.rows, self.slots) if slot.tensor is self.tensor]
-
-    @property
-    def head(self) -> TensorSlot:
-        """The slot that names the tensor: the first one that holds it already."""
-        if len(self.slots) == 1:
-            return self.slots[0]
-        return next(slot for slot in self.slots if slot.tensor is self.tensor)
-
-    @property
-    def aliases(self) -> tuple[str, ...]:
-        head = self.head
-        return tuple(slot.name for slot in self.slots if slot is not head)
-
-    def candidates(self, admitted: list[tuple[int, ...]]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(rules that admit one of its own names, other rules that admit a tied target's name)."""
-        if len(self.rows) == 1:
-            return admitted[self.rows[0]], ()
-        own = set(self.own)
-        mine = tuple(sorted({r for row in own for r in admitted[row]}))
-        tied = tuple(sorted({r for row in self.rows if row not in own for r in admitted[row]} - set(mine)))
-        return mine, tied
-
-
-def unique_tensors(tree: Tree, groups: Sequence[TieGroup]) -> list[Unit]:
-    """The model's unique tensors once the tie groups are made, in registration order."""
+def unique_tensors(tree: Tree, groups: Sequence[TieGroup]) -> Iterator[tuple[torch.Tensor, tuple[int, ...]]]:
+    """Each unique tensor once the tie groups are made, with the rows of ``tree.tensors`` that
+    hold it (shared modules, ties), in registration order."""
     becomes: dict[str, torch.Tensor] = {}   # a tied target's name -> the source tensor it will hold
     for group in groups:
         for target, source in group.tensor_map(tree).items():
             becomes[target] = tree.by_tensor_name[source].tensor
-    units: list[Unit] = []
-    unit_of: dict[torch.Tensor, Unit] = {}   # keyed by the tensor object (tensors hash by identity)
-    for row, slot in enumerate(tree.tensors):
-        tensor = becomes.get(slot.name, slot.tensor) if becomes else slot.tensor
-        unit = unit_of.get(tensor)
-        if unit is None:
-            unit = unit_of[tensor] = Unit(tensor, [row], [slot])
-            units.append(unit)
-        else:
-            unit.rows.append(row)
-            unit.slots.append(slot)
-    return units
+    held = [becomes.get(slot.name, slot.tensor) for slot in tree.tensors] if becomes else \
+        [slot.tensor for slot in tree.tensors]
+    first_row: dict[torch.Tensor, int] = {}   # keyed by the tensor object (tensors hash by identity)
+    more_rows: dict[int, list[int]] = {}      # first row -> every row, for tensors several slots hold
+    for row, tensor in enumerate(held):
+        first = first_row.setdefault(tensor, row)
+        if first != row:
+            more_rows.setdefault(first, [first]).append(row)
+    for row, tensor in enumerate(held):
+        if first_row[tensor] == row:
+            yield tensor, tuple(more_rows.get(row, (row,)))
+
+
+def held_by_several(tree: Tree, tensor: torch.Tensor, rows: tuple[int, ...], admitted: list[tuple[int, ...]]):
+    """(head slot, alias names, candidate rules, tie-only rules) of a tensor several slots hold.
+
+    The head is the first slot that holds the tensor already (a tie target holds it only once
+    the tie is made). Rules that admit only a tie target's name are shadowed by the tie.
+    """
+    slots = [tree.tensors[row] for row in rows]
+    own = [row for row, slot in zip(rows, slots) if slot.tensor is tensor]
+    head = tree.tensors[own[0]]
+    candidates = tuple(sorted({r for row in own for r in admitted[row]}))
+    tied = tuple(sorted({r for row in rows if row not in own for r in admitted[row]} - set(candidates)))
+    return head, tuple(slot.name for slot in slots if slot is not head), candidates, tied
 
 
 def tie_membership(groups: Sequence[TieGroup], tree: Tree) -> dict[str, str]:
@@ -273,6 +272,10 @@ class Decision:
     staged: bool = False
     problems: tuple[Problem, ...] = ()
 
+    @functools.cached_property
+    def reads_values(self) -> bool:
+        return reads_values(self.ops)
+
 
 @dataclass(frozen=True)
 class Reads:
@@ -284,6 +287,8 @@ class Reads:
 
     def of(self, slot: TensorSlot) -> tuple[Any, ...]:
         """The values this tensor has for them (part of its DecisionKey)."""
+        if not (self.name or self.layer or self.owner_attrs):
+            return ()
         module = slot.owner.module
         return ((slot.name if self.name else None, layer_of(slot.name) if self.layer else None)
                 + tuple(getattr(module, attr, None) for attr in self.owner_attrs))
@@ -311,10 +316,13 @@ class Decider:
         self.names = [name for name, _ in rules]
         self.reads = [rule_reads(rule) for _, rule in rules]
         self.decisions: dict[DecisionKey, Decision] = {}
+        self.winners: dict[tuple[int, ...], int] = {}   # candidates -> the winning rule
 
     def winner(self, candidates: tuple[int, ...]) -> int:
         """Highest priority; among equals, the rule declared later."""
-        return max(candidates, key=lambda r: (self.rules[r][1].priority, r))
+        if candidates not in self.winners:
+            self.winners[candidates] = max(candidates, key=lambda r: (self.rules[r][1].priority, r))
+        return self.winners[candidates]
 
     def decide(self, candidates: tuple[int, ...], tied: tuple[int, ...], head: TensorSlot,
                tensor: torch.Tensor) -> Decision:

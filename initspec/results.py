@@ -106,11 +106,15 @@ class Layout:
 
     tree: Tree
     tensors: Mapping[str, torch.Tensor]       # entry name -> tensor (as it is before apply)
-    slots: Mapping[str, list[TensorSlot]]     # entry name -> every slot holding it after tying
+    rows: Mapping[str, tuple[int, ...]]       # entry name -> rows of tree.tensors holding it after tying
     reset_modules: tuple[nn.Module, ...]
     reset_names: tuple[str, ...]
 
+    def slots(self, name: str) -> list[TensorSlot]:
+        """Every slot that holds an entry's tensor once the ties are made."""
+        return [self.tree.tensors[row] for row in self.rows[name]]
+
     def head(self, name: str) -> TensorSlot:
         """The slot an entry's tensor is read from and written to (the one named like the entry)."""
-        slots = self.slots[name]
+        slots = self.slots(name)
         return next((s for s in slots if s.name == name), slots[0])

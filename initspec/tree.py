@@ -19,6 +19,7 @@ from .errors import InitSpecError
 WRAPPER_CHILDREN = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 MODULE_KEYS = frozenset(nn.Module().__dict__)  # attributes every module has: never loose tensors
 MAX_DEPTH = 256
+SCALAR_TYPES = frozenset({int, float, bool, str, type(None)})   # never tensors: skips isinstance (~0.25 us)
 
 
 class ModuleSlot(NamedTuple):
@@ -61,6 +62,32 @@ class Tree:
         return _first_by_name(self.tensors)
 
 
+class LooseTensors:
+    """Finds tensors set as plain attributes (``self.w2 = torch.ones(3)``), which initspec cannot see.
+
+    Only the public attributes a module's class adds to ``nn.Module``'s own can hold one. They are
+    listed once per (class, attribute count) and reused for the next module of that layout: an
+    instance with as many attributes that has every listed one has exactly those.
+    """
+
+    def __init__(self) -> None:
+        self.attributes_of: dict[tuple[type, int], tuple[frozenset[str], tuple[str, ...]]] = {}
+
+    def tensor_attributes(self, module: nn.Module) -> list[str]:
+        state = module.__dict__
+        layout = (type(module), len(state))
+        known = self.attributes_of.get(layout)
+        if known is None or not state.keys() >= known[0]:   # a new layout: list this module's own
+            own = sorted(k for k in state if k[0] != "_" and k not in MODULE_KEYS)
+            known = self.attributes_of[layout] = (frozenset(own), tuple(own))
+        found = []
+        for name in known[1]:
+            value = state[name]
+            if type(value) not in SCALAR_TYPES and isinstance(value, torch.Tensor):
+                found.append(name)
+        return found
+
+
 def _first_by_name(slots: tuple) -> dict:
     out: dict = {}
     for slot in slots:
@@ -80,6 +107,7 @@ def walk(model: nn.Module) -> Tree:
     modules: list[ModuleSlot] = []
     tensors: list[TensorSlot] = []
     unregistered: list[str] = []
+    loose = LooseTensors()
     pending = [(ModuleSlot("", "", model, None, ""), 0)]   # (slot, depth), a stack: the next to visit is last
     while pending:
         slot, level = pending.pop()
@@ -91,9 +119,8 @@ def walk(model: nn.Module) -> Tree:
             for key, tensor in store.items():
                 if tensor is not None:
                     tensors.append(TensorSlot(prefix + key, real + key, slot, key, kind, tensor))
-        for key, value in module.__dict__.items():
-            if key[0] != "_" and key not in MODULE_KEYS and isinstance(value, torch.Tensor):
-                unregistered.append(f"{prefix}{key} ({type(module).__name__}.{key})")
+        for key in loose.tensor_attributes(module):
+            unregistered.append(f"{prefix}{key} ({type(module).__name__}.{key})")
         if level >= MAX_DEPTH:
             continue
         data_parallel = "module" in module._modules and _is_data_parallel(module)
