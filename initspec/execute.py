@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from .errors import InitSpecError, Problem
 from .fill import StepFailed, Task, fill_tasks, run_tasks
-from .primitives import RNG_LOCK, reads_values, starts_custom
+from .parts import part_region
+from .primitives import RNG_LOCK, Op, reads_values, starts_custom
 from .results import Entry, Layout, Plan
 from .sharding import LocalShapes, Region, ShardedMaterializer, fsdp_modules, is_dtensor, is_meta, region_of
 from .slots import Undo, keep_registrations, keep_values, live, put
@@ -48,21 +49,64 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
         staged = _stage(plan, layout, threads, fresh, shapes)
         for group in plan.ties:
             group.make(layout.tree, undo)
-        tasks: list[Task] = []
-        for entry in plan.entries:
-            if entry.action != "fill":
-                continue
-            region = region_of(live(layout.head(entry.name)), shapes)
-            if entry.staged:
-                tasks.append((region.local.numel(), functools.partial(region.local.copy_, staged[entry.name])))
+        waves: list[list[Task]] = []   # wave 0: whole tensors; wave k: the k-th part of each tensor
+        for fill in fills(plan, layout, shapes, fresh):
+            while len(waves) <= fill.wave:
+                waves.append([])
+            if fill.staged:
+                waves[fill.wave].append((fill.region.local.numel(),
+                                         functools.partial(fill.region.local.copy_, staged[fill.key])))
             else:
-                tasks += fill_tasks(entry.ops, region, stream_of(plan, entry, region.local.device),
-                                    origin=entry.ops[0].origin, name=entry.name)
+                waves[fill.wave] += fill_tasks(fill.ops, fill.region, fill.stream, origin=fill.ops[0].origin,
+                                               name=fill.name)
         with torch.no_grad():
-            run_tasks(tasks, threads, progress)
+            run_waves(waves, threads, progress)
     except BaseException:
         undo.rollback()
         raise
+
+
+class Fill(NamedTuple):
+    """One pipeline to run on the region of a tensor this process holds (a whole tensor or a part)."""
+
+    key: tuple[str, int]        # (entry name, -1 for the whole tensor or the part's index)
+    wave: int                   # 0 for whole tensors; parts run after, in their order
+    name: str                   # for messages
+    rule: str | None
+    ops: tuple[Op, ...]
+    staged: bool
+    region: Region
+    stream: Stream
+    fresh: bool
+
+
+def fills(plan: Plan, layout: Layout, shapes: LocalShapes, fresh: set[str]) -> Iterator[Fill]:
+    """Every pipeline the plan runs, with the region this process holds of what it fills."""
+    for entry in plan.entries:
+        if entry.action != "fill" and not entry.parts:
+            continue
+        region = region_of(live(layout.head(entry.name)), shapes)
+        is_fresh = entry.name in fresh
+        if entry.action == "fill" and entry.ops:
+            yield Fill((entry.name, -1), 0, entry.name, entry.rule, entry.ops, entry.staged, region,
+                       stream_of(plan, entry.name, region.local.device), is_fresh)
+        for index, part_fill in enumerate(entry.parts):
+            piece = part_region(region, part_fill.part)
+            if piece is not None:
+                name = part_fill.part.stream_name(entry.name)
+                yield Fill((entry.name, index), index + 1, f"{entry.name}{part_fill.part.label}", part_fill.rule,
+                           part_fill.ops,
+                           part_fill.staged, piece, stream_of(plan, name, region.local.device), is_fresh)
+
+
+def run_waves(waves: list[list[Task]], threads: int, progress: Callable[[int, int], None] | None) -> None:
+    """Run each wave's tasks after the one before (a part overwrites what filled the whole tensor)."""
+    total = sum(n for wave in waves for n, _ in wave)
+    done = 0
+    for wave in waves:
+        report = None if progress is None else (lambda d, t, base=done: progress(base + d, total))
+        run_tasks(wave, threads, report)
+        done += sum(n for n, _ in wave)
 
 
 def default_threads() -> int:
@@ -70,10 +114,11 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
 
 
-def stream_of(plan: Plan, entry: Entry, device: torch.device) -> Stream:
-    """The entry's random stream: on its device (``fast``) or on the CPU (``portable``)."""
+def stream_of(plan: Plan, name: str, device: torch.device) -> Stream:
+    """The random stream named ``name`` (an entry, or an entry's part): on the tensor's
+    device (``fast``) or on the CPU (``portable``)."""
     gen_device = torch.device("cpu") if plan.streams == "portable" else device
-    return Stream(plan.seed, entry.name, gen_device)
+    return Stream(plan.seed, name, gen_device)
 
 
 def _check_sharded_ties(plan: Plan, layout: Layout) -> None:
@@ -150,38 +195,40 @@ def _resets(plan: Plan, layout: Layout, undo: Undo) -> None:
                                 f"({type(module).__name__}) failed: {exc!r}", "add rules for its parameters") from exc
 
 
-def _stage(plan: Plan, layout: Layout, threads: int, fresh: set[str], shapes: LocalShapes) -> dict[str, torch.Tensor]:
+def _stage(plan: Plan, layout: Layout, threads: int, fresh: set[str],
+           shapes: LocalShapes) -> dict[tuple[str, int], torch.Tensor]:
     """Compute staged pipelines into temporaries and check them.
 
     A pipeline that starts from the current values gets a copy of them; a custom
     function first gets the current values, or zeros for a tensor that had none
     (materialized from meta in this apply).
     """
-    staged: dict[str, torch.Tensor] = {}
+    staged: dict[tuple[str, int], torch.Tensor] = {}
     problems: list[Problem] = []
-    for entry in plan.entries:
-        if entry.action != "fill" or not entry.staged:
+    for fill in fills(plan, layout, shapes, fresh):
+        if not fill.staged:
             continue
-        region = region_of(live(layout.head(entry.name)), shapes)
-        if reads_values(entry.ops) or (starts_custom(entry.ops) and entry.name not in fresh):
-            temp = region.local.detach().clone()
-        elif starts_custom(entry.ops):
-            temp = torch.zeros_like(region.local)
+        local = fill.region.local
+        if reads_values(fill.ops) or (starts_custom(fill.ops) and not fill.fresh):
+            temp = local.detach().clone()
+        elif starts_custom(fill.ops):
+            temp = torch.zeros_like(local)
         else:
-            temp = torch.empty_like(region.local)
-        temp_region = Region(temp, region.offset, region.global_shape)
+            temp = torch.empty_like(local)
+        temp_region = Region(temp, fill.region.offset, fill.region.global_shape)
         try:
-            run_tasks(fill_tasks(entry.ops, temp_region, stream_of(plan, entry, temp.device),
-                                 fresh=entry.name in fresh, origin=entry.ops[0].origin, name=entry.name), threads)
+            run_tasks(fill_tasks(fill.ops, temp_region, fill.stream, fresh=fill.fresh, origin=fill.ops[0].origin,
+                                 name=fill.name), threads)
         except StepFailed as exc:
-            raise InitSpecError(exc.op.origin or ROOT, f"computing {entry.name!r} failed: {exc}",
+            raise InitSpecError(exc.op.origin or ROOT, f"computing {fill.name!r} failed: {exc}",
                                 "fix the step (a custom function must fill the tensor in place)") from exc.error
         if temp.is_floating_point() and not bool(torch.isfinite(temp).all()):
             bad = "NaN" if bool(torch.isnan(temp).any()) else "inf"
-            problems.append(Problem(entry.ops[-1].origin or ROOT,
-                                    f"pipeline of rule {entry.rule!r} produced {bad} values for {entry.name!r} "
-                                    f"({entry.steps})", "check its scale/add arguments and custom functions"))
-        staged[entry.name] = temp
+            steps = " -> ".join(str(o) for o in fill.ops)
+            problems.append(Problem(fill.ops[-1].origin or ROOT,
+                                    f"pipeline of rule {fill.rule!r} produced {bad} values for {fill.name!r} ({steps})",
+                                    "check its scale/add arguments and custom functions"))
+        staged[fill.key] = temp
     if problems:
         raise InitSpecError(problems)
     return staged

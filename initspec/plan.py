@@ -32,13 +32,15 @@ from .expr import ExprError, evaluate, names_in
 from .match import PatternError, PatternSet, compile_pattern, glob_captures, nearest
 from .primitives import Op, custom_op, expected_std, reads_values, value_bounds
 from .custom import resolve_fn
-from .results import Entry, Layout, Plan, RuleSummary
+from .parts import TensorPart, cut
+from .results import Entry, Layout, PartFill, Plan, RuleSummary
 from .sharding import is_meta
 from .spec import ROOT, Rule, Spec, step_path
 from .steps import STEPS, Exclusive, as_ops, check_value
 from .streams import generation_dtype
 from .tensor_info import ExprNames, TensorInfo, layer_of
 from .ties import TieGroup, expand_ties
+from .select import Selection
 from .tree import TensorSlot, Tree, walk
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -79,21 +81,25 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
         selected[candidates, tied] = selected.get((candidates, tied), 0) + 1
         decision = decider.decide(candidates, tied, head, tensor)
         common = (name, aliases, head.kind, decision.shape, decision.dtype_name)
-        if decision.rule is None:
-            entries.append(Entry(*common, "keep", None, (), tie_of.get(name), decision.shadowed))
-            if head.kind == "parameter" or is_meta(tensor):
-                uncovered.append((name, head))
-            continue
-        won[decision.rule] += 1
+        tie = tie_of.get(name)
         if decision.problems:
             for p in decision.problems:
                 failing.setdefault(p, []).append(name)
             continue
-        if decision.reads_values and is_meta(tensor):
-            problems.append(_reads_meta(name, decision.ops, *rules[decision.rule]))
+        for r in (decision.rule, *decision.part_rules):
+            if r is not None:
+                won[r] += 1
+        if not decision.covered:   # some (or all) of it keeps its values, or gets the default
+            entries.append(Entry(*common, "keep", None, (), tie, decision.shadowed, parts=decision.parts))
+            if head.kind == "parameter" or is_meta(tensor):
+                uncovered.append((name, head))
             continue
-        entries.append(Entry(*common, "fill", rules[decision.rule][0], decision.ops, tie_of.get(name),
-                             decision.shadowed, decision.expected_std, decision.staged))
+        if decision.reads_values and is_meta(tensor):
+            problems.append(_reads_meta(name, decision, rules))
+            continue
+        rule_name = rules[decision.rule][0] if decision.rule is not None else None
+        entries.append(Entry(*common, "fill", rule_name, decision.ops, tie, decision.shadowed,
+                             decision.expected_std, decision.staged, decision.parts))
 
     for (candidates, tied), count in selected.items():
         for r in (*candidates, *tied):
@@ -110,97 +116,6 @@ def make_plan(model: nn.Module, spec: Spec, allow_fn: tuple[str, ...] = ()) -> t
         rules=tuple(RuleSummary(n, tuple(r.match), matched[i], won[i]) for i, (n, r) in enumerate(rules)),
         warnings=tuple(_warnings(tree)), spec=spec)
     return plan, Layout(tree, tensors, rows_of, tuple(resets.values()), tuple(reset_names))
-
-
-# ------------------------------------------------------------------ selection
-
-class AdmissionKey(NamedTuple):
-    """Everything that decides which rules admit a tensor slot."""
-
-    matched: tuple[int, ...]    # rules whose match patterns hit the name
-    excluded: tuple[int, ...]   # rules whose exclude patterns hit it
-    kind: str
-    owner_class: type
-    ndim: int
-    floating: bool
-
-
-class Selection:
-    """The rules' compiled patterns and filters; :meth:`admitted` answers per tensor slot."""
-
-    def __init__(self, rules: list[tuple[str, Rule]], problems: list[Problem]):
-        self.rules = rules
-        match, exclude = [], []
-        for r, (rule_name, rule) in enumerate(rules):
-            for key, texts, sink in (("match", rule.match, match), ("exclude", rule.exclude, exclude)):
-                for i, text in enumerate(texts):
-                    try:
-                        sink.append(compile_pattern(text, r))
-                    except PatternError as exc:
-                        index = f".{i}" if len(texts) > 1 else ""
-                        problems.append(Problem(f"{ROOT}.rules.{rule_name}.{key}{index}", exc.what,
-                                                "globs use * ? [..]; regexes start with 're:'"))
-        self.match, self.exclude = PatternSet(match), PatternSet(exclude)
-        self._filterless: dict[tuple[int, ...], bool] = {}
-
-    def admitted(self, tree: Tree) -> list[tuple[int, ...]]:
-        """For each tensor slot, the indices of the rules that admit it."""
-        names = [s.name for s in tree.tensors]
-        matched = self.match.match(names)
-        excluded = self.exclude.match(names) if self.exclude.patterns else [()] * len(names)
-        answers: dict[AdmissionKey, tuple[int, ...]] = {}
-        unfiltered: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[int, ...]] = {}
-        out = []
-        for slot, hits, misses in zip(tree.tensors, matched, excluded):
-            if not hits:
-                out.append(())
-                continue
-            if slot.kind == "parameter" and self.filterless(hits):   # the answer depends on the name only
-                pair = (hits, misses)
-                if pair not in unfiltered:
-                    unfiltered[pair] = tuple(r for r in hits if r not in misses)
-                out.append(unfiltered[pair])
-                continue
-            tensor = slot.tensor
-            key = AdmissionKey(hits, misses, slot.kind, type(slot.owner.module), tensor.dim(),
-                               slot.kind == "parameter" or tensor.is_floating_point())
-            if key not in answers:
-                answers[key] = self._admit(key)
-            out.append(answers[key])
-        return out
-
-    def filterless(self, hits: tuple[int, ...]) -> bool:
-        """No rule among ``hits`` filters by module or ndim (cached per distinct ``hits``)."""
-        if hits not in self._filterless:
-            self._filterless[hits] = not any(self.rules[r][1].module or self.rules[r][1].ndim for r in hits)
-        return self._filterless[hits]
-
-    def _admit(self, key: AdmissionKey) -> tuple[int, ...]:
-        if not key.floating:
-            return ()   # buffers are filled only when floating point
-        return tuple(r for r in key.matched if r not in key.excluded
-                     and _filters_pass(self.rules[r][1], key.kind, key.owner_class, key.ndim))
-
-
-def _filters_pass(rule: Rule, kind: str, owner_class: type, ndim: int) -> bool:
-    if kind == "buffer" and not rule.buffers:
-        return False
-    if rule.ndim and ndim not in rule.ndim:
-        return False
-    return not rule.module or any(class_matches(owner_class, m) for m in rule.module)
-
-
-def class_matches(cls: type, wanted: str) -> bool:
-    """``Linear`` or ``torch.nn.Linear`` or ``torch.nn.modules.linear.Linear``; subclasses count."""
-    for base in cls.__mro__:
-        if "." not in wanted:
-            if base.__name__ == wanted:
-                return True
-            continue
-        module, _, qualname = wanted.rpartition(".")
-        if base.__qualname__ == qualname and (base.__module__ == module or base.__module__.startswith(module + ".")):
-            return True
-    return False
 
 
 # -------------------------------------------------------------- unique tensors
@@ -258,7 +173,7 @@ class DecisionKey(NamedTuple):
     tied: tuple[int, ...]
     shape: tuple[int, ...]
     dtype: torch.dtype
-    reads: tuple[Any, ...]      # what the winning rule's steps read of this tensor (name, layer, owner attributes)
+    reads: tuple[Any, ...]      # what the applied rules' steps read of this tensor (name, layer, owner attributes)
 
 
 @dataclass(frozen=True)
@@ -266,15 +181,18 @@ class Decision:
     shape: tuple[int, ...]
     dtype_name: str
     shadowed: tuple[str, ...]
-    rule: int | None = None             # the winning rule's index; None: no rule covers the tensor
+    rule: int | None = None             # the winning whole-tensor rule; None: no rule covers the whole tensor
     ops: tuple[Op, ...] = ()
     expected_std: float | None = None
     staged: bool = False
+    parts: tuple[PartFill, ...] = ()    # filled after the whole tensor, in order
+    part_rules: tuple[int, ...] = ()
+    covered: bool = False               # every value comes from a rule (whole or parts)
     problems: tuple[Problem, ...] = ()
 
     @functools.cached_property
     def reads_values(self) -> bool:
-        return reads_values(self.ops)
+        return reads_values(self.ops) or any(reads_values(f.ops) for f in self.parts)
 
 
 @dataclass(frozen=True)
@@ -293,6 +211,10 @@ class Reads:
         return ((slot.name if self.name else None, layer_of(slot.name) if self.layer else None)
                 + tuple(getattr(module, attr, None) for attr in self.owner_attrs))
 
+    def __or__(self, other: Reads) -> Reads:
+        return Reads(self.name or other.name, self.layer or other.layer,
+                     tuple(sorted({*self.owner_attrs, *other.owner_attrs})))
+
 
 def rule_reads(rule: Rule) -> Reads:
     """Gathered from the steps' declarations and the names their expressions use."""
@@ -308,54 +230,88 @@ def rule_reads(rule: Rule) -> Reads:
     return Reads("name" in declared, "layer" in declared, attrs)
 
 
+class Choice(NamedTuple):
+    """Which candidate rules apply: the winner over the whole tensor, then part rules above it."""
+
+    winner: int | None
+    part_rules: tuple[int, ...]     # lowest rank first: a later one wins where parts overlap
+    shadowed: tuple[int, ...]       # candidates that fill nothing
+    reads: Reads
+
+
 class Decider:
-    """Picks the winning rule of a tensor and resolves its steps, once per :class:`DecisionKey`."""
+    """Picks the rules that apply to a tensor and resolves their steps, once per :class:`DecisionKey`."""
 
     def __init__(self, rules: list[tuple[str, Rule]], variables: dict[str, Any], allow_fn: tuple[str, ...]):
         self.rules, self.variables, self.allow_fn = rules, variables, allow_fn
         self.names = [name for name, _ in rules]
         self.reads = [rule_reads(rule) for _, rule in rules]
         self.decisions: dict[DecisionKey, Decision] = {}
-        self.winners: dict[tuple[int, ...], int] = {}   # candidates -> the winning rule
+        self.choices: dict[tuple[int, ...], Choice] = {}
 
-    def winner(self, candidates: tuple[int, ...]) -> int:
-        """Highest priority; among equals, the rule declared later."""
-        if candidates not in self.winners:
-            self.winners[candidates] = max(candidates, key=lambda r: (self.rules[r][1].priority, r))
-        return self.winners[candidates]
+    def rank(self, r: int) -> tuple[int, int]:
+        """Highest priority wins; among equals, the rule declared later."""
+        return self.rules[r][1].priority, r
+
+    def choose(self, candidates: tuple[int, ...]) -> Choice:
+        if candidates not in self.choices:
+            whole = [r for r in candidates if self.rules[r][1].part is None]
+            winner = max(whole, key=self.rank) if whole else None
+            above = [r for r in candidates if self.rules[r][1].part is not None
+                     and (winner is None or self.rank(r) > self.rank(winner))]
+            applied = ([winner] if winner is not None else []) + above
+            reads = Reads()
+            for r in applied:
+                reads = reads | self.reads[r]
+            self.choices[candidates] = Choice(winner, tuple(sorted(above, key=self.rank)),
+                                              tuple(r for r in candidates if r not in applied), reads)
+        return self.choices[candidates]
 
     def decide(self, candidates: tuple[int, ...], tied: tuple[int, ...], head: TensorSlot,
                tensor: torch.Tensor) -> Decision:
-        shape = tuple(tensor.shape)
-        winner = self.winner(candidates) if candidates else None
-        reads = self.reads[winner].of(head) if winner is not None else ()
-        key = DecisionKey(candidates, tied, shape, tensor.dtype, reads)
+        choice = self.choose(candidates)
+        key = DecisionKey(candidates, tied, tuple(tensor.shape), tensor.dtype, choice.reads.of(head))
         decision = self.decisions.get(key)
         if decision is None:
-            decision = self.decisions[key] = self._decide(key, winner, head)
+            decision = self.decisions[key] = self._decide(key, choice, head)
         return decision
 
-    def _decide(self, key: DecisionKey, winner: int | None, head: TensorSlot) -> Decision:
+    def _decide(self, key: DecisionKey, choice: Choice, head: TensorSlot) -> Decision:
         names = self.names
-        tie_shadowed = tuple(f"{names[r]} (tie)" for r in key.tied)
+        shadowed = tuple(names[r] for r in choice.shadowed) + tuple(f"{names[r]} (tie)" for r in key.tied)
         dtype_name = str(key.dtype).removeprefix("torch.")
-        if winner is None:
-            return Decision(key.shape, dtype_name, tie_shadowed)
-        shadowed = tuple(names[r] for r in key.candidates if r != winner) + tie_shadowed
-        ops, problems = self._resolve(winner, head, key.shape, key.dtype)
+        if choice.winner is None and not choice.part_rules:
+            return Decision(key.shape, dtype_name, shadowed)
+        ops: tuple[Op, ...] = ()
+        problems: list[Problem] = []
+        if choice.winner is not None:
+            ops, problems = self._resolve(choice.winner, head, key.shape, key.dtype)
+        fills, pieces = [], []
+        for r in choice.part_rules:
+            rule_name, rule = self.rules[r]
+            cut_pieces, cut_problems = cut(rule.part, key.shape, self.variables, f"{ROOT}.rules.{rule_name}.part")
+            problems += cut_problems
+            for piece in cut_pieces:
+                part_ops, part_problems = self._resolve(r, head, piece.shape_in(key.shape), key.dtype)
+                problems += part_problems
+                shape = piece.shape_in(key.shape)
+                fills.append(PartFill(piece, rule_name, part_ops, expected_std(part_ops, shape),
+                                      needs_staging(part_ops, key.dtype) if part_ops else False))
+                pieces.append(piece)
         if problems:
-            return Decision(key.shape, dtype_name, shadowed, winner, problems=tuple(problems))
-        return Decision(key.shape, dtype_name, shadowed, winner, ops, expected_std(ops, key.shape),
-                        needs_staging(ops, key.dtype))
+            return Decision(key.shape, dtype_name, shadowed, choice.winner, problems=tuple(dict.fromkeys(problems)))
+        return Decision(key.shape, dtype_name, shadowed, choice.winner, ops,
+                        expected_std(ops, key.shape) if ops else None, needs_staging(ops, key.dtype) if ops else False,
+                        tuple(fills), choice.part_rules, choice.winner is not None or covers(pieces, key.shape))
 
-    def _resolve(self, winner: int, head: TensorSlot, shape: tuple[int, ...],
+    def _resolve(self, r: int, head: TensorSlot, shape: tuple[int, ...],
                  dtype: torch.dtype) -> tuple[tuple[Op, ...], list[Problem]]:
-        """The rule's steps as ops for this tensor, or the problems that stop them."""
-        rule_name, rule = self.rules[winner]
+        """Rule ``r``'s steps as ops for a tensor (or part) of ``shape``, or the problems that stop them."""
+        rule_name, rule = self.rules[r]
         if dtype not in FLOAT_DTYPES:
             return (), [Problem(f"{ROOT}.rules.{rule_name}", f"{head.name!r} has dtype {dtype}; initspec fills "
                                 "floating-point tensors only", "exclude it from the rule")]
-        reads = self.reads[winner]
+        reads = self.reads[r]
         info = TensorInfo(head.name, shape, dtype, type(head.owner.module),
                           {attr: getattr(head.owner.module, attr, None) for attr in reads.owner_attrs},
                           rule.transposed, _captures(rule, head.name) if reads.name else ())
@@ -381,6 +337,19 @@ class Decider:
                                 f"write into {head.name!r}", "add a step that fills it (e.g. after a checkpoint "
                                 "with missing: init, a sampler to fall back to)")]
         return final, []
+
+
+def covers(pieces: list[TensorPart], shape: tuple[int, ...]) -> bool:
+    """The pieces together cover the whole tensor (along some dimension, without gaps)."""
+    for dim in {p.dim for p in pieces}:
+        reached = 0
+        for piece in sorted(p for p in pieces if p.dim == dim):
+            if piece.start > reached:
+                break
+            reached = max(reached, piece.stop)
+        if reached >= shape[dim]:
+            return True
+    return False
 
 
 def resolve_step(step: Any, info: TensorInfo, expr_names: ExprNames,
@@ -439,7 +408,13 @@ def needs_staging(ops: tuple[Op, ...], dtype: torch.dtype) -> bool:
 
 # --------------------------------------------------------------------- problems
 
-def _reads_meta(name: str, ops: tuple[Op, ...], rule_name: str, rule: Rule) -> Problem:
+def _reads_meta(name: str, decision: Decision, rules: list[tuple[str, Rule]]) -> Problem:
+    if reads_values(decision.ops):
+        rule_name, rule, ops = *rules[decision.rule], decision.ops
+    else:
+        fill = next(f for f in decision.parts if reads_values(f.ops))
+        rule_name, ops = fill.rule, fill.ops
+        rule = dict(rules)[rule_name]
     return Problem(step_path(rule_name, rule, 0),
                    f"{name!r} has no values yet (meta device) but the pipeline starts with "
                    f"{ops[0].kind!r}, which transforms existing values",

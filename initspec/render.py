@@ -51,13 +51,25 @@ def _footer(plan: Any) -> list[str]:
     return lines
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "()"
+
+
+def _rule(entry) -> str:
+    if entry.rule:
+        return entry.rule
+    return "(parts)" if entry.action == "fill" else f"({entry.action})"
+
+
 def render_plan(plan: Any, width: int | None = None) -> str:
     table = Table(title=f"initspec plan (seed {plan.seed}, streams {plan.streams})", show_lines=False)
     for column in ("parameter", "shape", "rule", "steps", "tie", "shadowed"):
         table.add_column(column, overflow="fold")
     for e in plan.entries:
-        table.add_row(_name(e), "x".join(map(str, e.shape)) or "()", e.rule or f"({e.action})", _steps(e),
+        table.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
                       e.tie or "", ", ".join(e.shadowed))
+        for f in e.parts:
+            table.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "", "")
     console = _console(width)
     console.print(table)
     for line in _footer(plan):
@@ -72,16 +84,22 @@ def render_report(report: Any, width: int | None = None) -> str:
         table.add_column(column, overflow="fold")
     stats = report.stats
     for e in plan.entries:
-        s = stats.get(e.name)
-        table.add_row(_name(e), "x".join(map(str, e.shape)) or "()", e.rule or f"({e.action})", _steps(e),
-                      e.tie or "", _num(e.expected_std),
-                      *(("",) * 5 if s is None else
-                        (_num(s.mean), _num(s.std), _num(s.min), _num(s.max), f"{100 * s.zero_fraction:.1f}%")))
+        table.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
+                      e.tie or "", _num(e.expected_std), *_measured(stats.get(e.name)))
+        for f in e.parts:
+            table.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "",
+                          _num(f.expected_std), *_measured(stats.get(f.part.key(e.name))))
     console = _console(width)
     console.print(table)
     for line in _footer(plan):
         console.print(line)
     return console.file.getvalue()
+
+
+def _measured(s: Any) -> tuple[str, ...]:
+    if s is None:
+        return ("",) * 5
+    return _num(s.mean), _num(s.std), _num(s.min), _num(s.max), f"{100 * s.zero_fraction:.1f}%"
 
 
 def render_rule_stats(report: Any, width: int | None = None) -> str:

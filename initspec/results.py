@@ -9,11 +9,26 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from .parts import TensorPart
 from .primitives import Op
 from .render import render_plan
 from .spec import Spec
 from .ties import TieGroup
 from .tree import TensorSlot, Tree
+
+
+class PartFill(NamedTuple):
+    """A part of a tensor filled by a rule with ``part:``, on top of what fills the rest."""
+
+    part: TensorPart
+    rule: str
+    ops: tuple[Op, ...]
+    expected_std: float | None = None
+    staged: bool = False
+
+    @property
+    def steps(self) -> str:
+        return " -> ".join(str(o) for o in self.ops)
 
 
 class Entry(NamedTuple):
@@ -31,6 +46,7 @@ class Entry(NamedTuple):
     shadowed: tuple[str, ...] = ()
     expected_std: float | None = None
     staged: bool = False       # computed into a temporary and checked before it is copied in
+    parts: tuple[PartFill, ...] = ()   # then these parts, in order (a later one wins where they overlap)
 
     @property
     def steps(self) -> str:
@@ -80,7 +96,10 @@ class Plan:
             "entries": [
                 {"name": e.name, "aliases": list(e.aliases), "kind": e.kind, "shape": list(e.shape),
                  "dtype": e.dtype, "action": e.action, "rule": e.rule, "steps": [str(o) for o in e.ops],
-                 "tie": e.tie, "shadowed": list(e.shadowed), "expected_std": e.expected_std}
+                 "tie": e.tie, "shadowed": list(e.shadowed), "expected_std": e.expected_std,
+                 **({"parts": [{"dim": f.part.dim, "start": f.part.start, "stop": f.part.stop, "rule": f.rule,
+                                "steps": [str(o) for o in f.ops], "expected_std": f.expected_std}
+                               for f in e.parts]} if e.parts else {})}
                 for e in self.entries],
             "ties": [{"name": g.name, "kind": g.kind, "source": g.source, "targets": list(g.targets)}
                      for g in self.ties],

@@ -10,7 +10,7 @@ import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import catalog  # noqa: F401  (registers the built-in steps)
 from .errors import InitSpecError, Problem, StepArgError, raise_all, suggest
@@ -51,15 +51,60 @@ class Step(BaseModel):
         return head + "(" + ", ".join(f"{k}={v}" for k, v in self.args.items()) + ")"
 
 
+class Part(BaseModel):
+    """Pieces of one dimension: ``of`` equal pieces, or ``sizes`` (numbers or expressions);
+    ``index`` picks some (an int or a list), else every piece is initialized on its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dim: Int = 0
+    of: Int | None = None
+    sizes: list[Int | str] | None = None
+    index: Int | list[Int] | None = None
+
+    @field_validator("dim")
+    @classmethod
+    def _dim(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"dim must be >= 0 (got {value})")
+        return value
+
+    @field_validator("of")
+    @classmethod
+    def _of(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"of must be >= 1 (got {value})")
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: Any) -> Any:
+        for i in value if isinstance(value, list) else [value]:
+            if i is not None and i < 0:
+                raise ValueError(f"index must be >= 0 (got {i})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "Part":
+        if (self.of is None) == (self.sizes is None):
+            raise ValueError("give exactly one of of: (equal pieces) or sizes: (a list)"
+                             + (f" (got of: {self.of} and sizes: {self.sizes})" if self.of is not None else ""))
+        if self.sizes is not None and not self.sizes:
+            raise ValueError("sizes must list at least one size")
+        return self
+
+
 class Rule(BaseModel):
-    """Which tensors (match/exclude/module/ndim) get which pipeline (init)."""
+    """Which tensors (match/exclude/module/within/ndim, part) get which pipeline (init)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     match: list[str]
     exclude: list[str] = Field(default_factory=list)
     module: list[str] = Field(default_factory=list)
+    within: list[str] = Field(default_factory=list)
     ndim: list[Int] = Field(default_factory=list)
+    part: Part | None = None
     priority: Int = 0
     init: tuple[Step, ...]
     buffers: bool = False
@@ -67,7 +112,7 @@ class Rule(BaseModel):
     optional: bool = False
     init_is_list: bool = Field(default=True, exclude=True)
 
-    @field_validator("match", "exclude", "module", "ndim", mode="before")
+    @field_validator("match", "exclude", "module", "within", "ndim", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return _as_list(value)
@@ -115,7 +160,9 @@ FIELDS = {
     "spec": list(Spec.model_fields),
     "rule": [f for f in Rule.model_fields if f != "init_is_list"],
     "tie": list(Tie.model_fields),
+    "part": list(Part.model_fields),
 }
+PART_FIX = "write part: {of: 4} (equal pieces), part: {of: 4, index: 1}, or part: {sizes: [256, 64, 64], index: [1, 2]}"
 
 
 def validate(data: Any) -> Spec:
@@ -321,7 +368,9 @@ def _from_pydantic(err: dict) -> Problem:
     loc = [str(x) for x in err["loc"]]
     path = ".".join([ROOT, *loc])
     kind, given = err["type"], err.get("input")
-    if len(loc) >= 2 and loc[0] == "rules":
+    if len(loc) >= 4 and loc[0] == "rules" and loc[2] == "part":
+        fields, where = FIELDS["part"], "part"
+    elif len(loc) >= 2 and loc[0] == "rules":
         fields, where = FIELDS["rule"], "rule"
     elif len(loc) >= 2 and loc[0] == "ties":
         fields, where = FIELDS["tie"], "tie group"
@@ -335,7 +384,8 @@ def _from_pydantic(err: dict) -> Problem:
                "init": "add init: <step> (e.g. zeros or {name: normal, std: 0.02})"}.get(loc[-1], "add it")
         return Problem(path, f"required key {loc[-1]!r} is missing", fix)
     message = err["msg"].removeprefix("Value error, ")
-    return Problem(path, message if "(got " in message else f"{message} (got {given!r})", _type_fix(err))
+    fix = PART_FIX if "part" in loc[2:3] else _type_fix(err)
+    return Problem(path, message if "(got " in message else f"{message} (got {given!r})", fix)
 
 
 def _type_fix(err: dict) -> str:

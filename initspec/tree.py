@@ -28,8 +28,21 @@ class ModuleSlot(NamedTuple):
     name: str                   # canonical path, "" for the root
     path: str                   # real path, as model.get_submodule takes it
     module: nn.Module
-    parent: nn.Module | None    # the module holding it (None for the root)
+    up: ModuleSlot | None       # the slot of the module holding it (None for the root)
     attr: str                   # its key in parent._modules
+
+    @property
+    def parent(self) -> nn.Module | None:
+        return None if self.up is None else self.up.module
+
+    def within(self, classes: list[str]) -> bool:
+        """This module or one above it is an instance of one of ``classes`` (names or dotted paths)."""
+        slot: ModuleSlot | None = self
+        while slot is not None:
+            if any(class_matches(type(slot.module), c) for c in classes):
+                return True
+            slot = slot.up
+        return False
 
 
 class TensorSlot(NamedTuple):
@@ -88,6 +101,19 @@ class LooseTensors:
         return found
 
 
+def class_matches(cls: type, wanted: str) -> bool:
+    """``Linear`` or ``torch.nn.Linear`` or ``torch.nn.modules.linear.Linear``; subclasses count."""
+    for base in cls.__mro__:
+        if "." not in wanted:
+            if base.__name__ == wanted:
+                return True
+            continue
+        module, _, qualname = wanted.rpartition(".")
+        if base.__qualname__ == qualname and (base.__module__ == module or base.__module__.startswith(module + ".")):
+            return True
+    return False
+
+
 def _first_by_name(slots: tuple) -> dict:
     out: dict = {}
     for slot in slots:
@@ -130,6 +156,6 @@ def walk(model: nn.Module) -> Tree:
                 continue
             hidden = key in WRAPPER_CHILDREN or (data_parallel and key == "module")
             name = slot.name if hidden else prefix + key
-            children.append((ModuleSlot(name, real + key, child, module, key), level + 1))
+            children.append((ModuleSlot(name, real + key, child, slot, key), level + 1))
         pending.extend(reversed(children))
     return Tree(tuple(modules), tuple(tensors), tuple(unregistered))
