@@ -4,9 +4,12 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -137,10 +140,20 @@ def test_plugin_serves_presets_and_models_without_importing_torch(tmp_path):
     assert "TORCH False" in proc.stdout
 
 
+def running_site_packages() -> list[str]:
+    """The site-packages directories this interpreter imports from: a virtualenv's own (and its base's
+    when it sees them), or the base interpreter's, wherever torch and hydra were installed."""
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
     # build from a clean copy: setuptools writes build/ and *.egg-info into the source tree, and a
-    # stale build/lib (a deleted module) would end up in the wheel
+    # stale build/lib (a deleted module) would end up in the wheel. No build isolation: torch
+    # requires setuptools, so wherever this suite runs a recent setuptools is installed.
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis", "outputs", "multirun"))
@@ -148,22 +161,32 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheels), str(source)], check=True, timeout=300, capture_output=True)
     wheel = next(wheels.glob("initspec-*.whl"))
-    import zipfile
-    names = zipfile.ZipFile(wheel).namelist()
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = archive.read("initspec-0.1.0.dist-info/entry_points.txt").decode()
     assert "initspec_configs/initspec/gpt2.yaml" in names and "initspec_configs/model/gpt_tiny.yaml" in names
     assert "initspec_configs/initspec_cli.yaml" in names
     assert "hydra_plugins/initspec_searchpath/__init__.py" in names
     assert "hydra_plugins/__init__.py" not in names                  # a namespace package
-    entry_points = zipfile.ZipFile(wheel).read("initspec-0.1.0.dist-info/entry_points.txt").decode()
     assert "[hydra.plugins]\ninitspec_searchpath = hydra_plugins.initspec_searchpath:InitspecSearchPathPlugin" \
         in entry_points                                              # Hydra 1.4 discovers plugins this way
+
+    # A fresh venv of its own (not --system-site-packages: inside a user's virtualenv that would show
+    # the base interpreter, not the virtualenv that has torch and hydra) and without its own pip
+    # (ensurepip costs ~10 s): this pip installs the wheel alone into it with --python. The packages
+    # the wheel depends on come from wherever this suite runs, through a .pth file that lists this
+    # interpreter's site-packages: they are added after the venv's own, and their .pth files (the
+    # editable install of this checkout) are not run, so the wheel's initspec is the one imported.
     venv = tmp_path / "venv"
-    # a venv without its own pip (ensurepip costs ~10 s): this pip installs into it with --python
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
                    check=True, timeout=300, capture_output=True)
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, timeout=60, capture_output=True, text=True).stdout.strip()
+    assert venv_site.startswith(str(venv)), venv_site
+    (Path(venv_site) / "initspec_test_dependencies.pth").write_text("\n".join(running_site_packages()) + "\n")
+
     app = tmp_path / "app"
     (app / "conf").mkdir(parents=True)
     (app / "conf" / "config.yaml").write_text("defaults:\n  - model: gpt_tiny\n  - initspec: seed_normal\n  - _self_\n")
@@ -179,7 +202,7 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
 
         main()
     """))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     proc = subprocess.run([str(python), "app.py", "initspec=gpt2", "hydra.run.dir=out"], cwd=app, env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
