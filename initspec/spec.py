@@ -44,6 +44,12 @@ class Step(BaseModel):
     fn: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
 
+    def to_data(self) -> Any:
+        """As a spec writes it: ``zeros`` or ``{name: normal, std: 0.02}`` or ``{fn: ..., ...}``."""
+        if self.name is not None and not self.args:
+            return self.name
+        return {"name": self.name, **self.args} if self.name is not None else {"fn": self.fn, **self.args}
+
     def __str__(self) -> str:
         head = self.name or f"fn:{self.fn}"
         if not self.args:
@@ -125,6 +131,16 @@ class Rule(BaseModel):
         return value
 
 
+    def to_data(self) -> dict[str, Any]:
+        """As a spec writes it (keys left at their defaults are omitted)."""
+        data = self.model_dump(exclude_defaults=True, exclude={"init", "init_is_list", "part"})
+        if self.part is not None:
+            data["part"] = self.part.model_dump(exclude_none=True, exclude_defaults=True)
+        steps = [step.to_data() for step in self.init]
+        data["init"] = steps if self.init_is_list or len(steps) != 1 else steps[0]
+        return data
+
+
 class Tie(BaseModel):
     """A tie group: the first member is the source, the rest become it."""
 
@@ -154,6 +170,13 @@ class Spec(BaseModel):
     rules: dict[str, Rule] = Field(default_factory=dict)
     ties: dict[str, Tie] = Field(default_factory=dict)
     description: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        """Plain data that :func:`initspec.load_spec` turns back into this spec."""
+        data = self.model_dump(exclude={"rules", "ties"})
+        data["rules"] = {name: rule.to_data() for name, rule in self.rules.items()}
+        data["ties"] = {name: tie.model_dump() for name, tie in self.ties.items()}
+        return data
 
 
 FIELDS = {
