@@ -6,6 +6,8 @@ from torch import nn
 import initspec
 from initspec import InitSpecError
 
+ME = __name__  # allow_fn prefix and fn: paths of the functions below, wherever pytest runs from
+
 
 def boom(tensor, **kwargs):
     raise RuntimeError("boom")
@@ -23,21 +25,23 @@ def model():
 GOOD = {"w": {"match": "*.weight", "init": "zeros"}}
 
 
-@pytest.mark.parametrize("bad_rule,path", [
-    ({"match": "0.bias", "init": {"fn": "tests.test_core_atomic.boom"}}, "initspec.rules.bad.init"),
-    ({"match": "0.bias", "init": {"fn": "tests.test_core_atomic.nan_fill"}}, "initspec.rules.bad.init"),
+@pytest.mark.parametrize("bad_rule,path,says", [
+    ({"match": "0.bias", "init": {"fn": f"{ME}.boom"}}, "initspec.rules.bad.init", "RuntimeError: boom"),
+    ({"match": "0.bias", "init": {"fn": f"{ME}.nan_fill"}}, "initspec.rules.bad.init", "NaN"),
     ({"match": "0.bias", "init": [{"name": "normal", "std": 1}, {"name": "scale", "by": 1e38},
-                                  {"name": "scale", "by": 1e38}]}, "initspec.rules.bad.init.2"),
-    ({"match": "0.bias", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}}, "initspec.rules.bad.init.std"),
+                                  {"name": "scale", "by": 1e38}]}, "initspec.rules.bad.init.2", "inf"),
+    ({"match": "0.bias", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}}, "initspec.rules.bad.init.std",
+     "1-D"),
 ])
-def test_failure_after_ties_were_planned_leaves_everything(bad_rule, path, unchanged):
+def test_failure_after_ties_were_planned_leaves_everything(bad_rule, path, says, unchanged):
     m = model()
     snapshot, assert_unchanged = unchanged
     snap = snapshot(m)
     spec = {"rules": {**GOOD, "bad": bad_rule}, "ties": {"t": ["0", "1"]}}
     with pytest.raises(InitSpecError) as err:
-        initspec.apply(m, spec, allow_fn=["tests.test_core_atomic"])
+        initspec.apply(m, spec, allow_fn=[ME])
     assert any(p.startswith(path) for p in err.value.paths), err.value.paths
+    assert says in str(err.value), str(err.value)     # the step ran and failed (not: its fn: did not import)
     assert_unchanged(m, snap)
     assert m[0] is not m[1]
 
@@ -63,10 +67,10 @@ def test_meta_model_goes_back_to_meta_on_failure():
     with torch.device("meta"):
         m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     params = list(m.parameters())
-    with pytest.raises(InitSpecError):
+    with pytest.raises(InitSpecError, match="RuntimeError: boom"):
         initspec.apply(m, {"rules": {"w": {"match": "*.weight", "init": "zeros"},
-                                     "b": {"match": "*.bias", "init": {"fn": "tests.test_core_atomic.boom"}}}},
-                       device="cpu", allow_fn=["tests.test_core_atomic"])
+                                     "b": {"match": "*.bias", "init": {"fn": f"{ME}.boom"}}}},
+                       device="cpu", allow_fn=[ME])
     assert list(m.parameters()) == params and all(p.is_meta for p in m.parameters())
 
 

@@ -224,7 +224,7 @@ CASES = [
     Case("fn_outside_prefixes", w({"fn": "os.system", "command": "true"}), "initspec.rules.w.init.fn",
          says=("outside the allowed prefixes",)),
     Case("fn_builtins_eval", w({"fn": "builtins.eval"}), "initspec.rules.w.init.fn"),
-    Case("fn_escapes_through_import", w({"fn": "torch.nn.init.torch.save", "f": "owned.pt"}),
+    Case("fn_escapes_through_import", lambda f: w({"fn": "torch.nn.init.torch.save", "f": f["owned.pt"]}),
          "initspec.rules.w.init.fn", says=("leaves the allowed prefixes",)),
     Case("fn_not_callable", w({"fn": f"{ME}.NOT_CALLABLE"}), "initspec.rules.w.init.fn",
          kwargs={"allow_fn": [ME]}, says=("not a function",)),
@@ -342,6 +342,7 @@ def files(tmp_path_factory) -> dict[str, Any]:
     put("evil.pt", b"")
     torch.save({"body.0.weight": _Evil(str(d / "pwned"))}, out["evil.pt"])
     out["pwned"] = d / "pwned"
+    out["owned.pt"] = str(d / "owned.pt")       # where torch.save would write if an fn: path escaped
 
     put("initspec_catalog_broken.py", "raise RuntimeError('broken at import')\n")
     sys.path.insert(0, str(d))
@@ -420,7 +421,7 @@ def test_refused_pickle_ran_nothing(files):
     with pytest.raises(InitSpecError):
         initspec.apply(net(), w({"name": "checkpoint", "path": files["evil.pt"]}))
     assert not files["pwned"].exists()
-    assert not os.path.exists("owned.pt")
+    assert not os.path.exists(files["owned.pt"])     # nor did fn_escapes_through_import's torch.save
 
 
 # ------------------------------------------------------- the near misses

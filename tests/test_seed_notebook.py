@@ -1,10 +1,14 @@
 """Every cell of the seed notebook (../shared/seed/000_f009ace5029e2e52.txt), through specs."""
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import initspec
 from initspec.models.seed import MyModel, mlp, shared_net
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cell1_names_and_shapes():
@@ -44,7 +48,7 @@ def test_cell1_gradients_after_backward():
 
 def test_cell2_weights_normal_001_biases_zero():
     net = mlp()
-    report = initspec.apply(net, "configs/initspec/seed_normal.yaml", seed=0)
+    report = initspec.apply(net, str(REPO / "configs" / "initspec" / "seed_normal.yaml"), seed=0)
     for name, p in net.named_parameters():
         if "bias" in name:
             assert torch.equal(p, torch.zeros_like(p))
