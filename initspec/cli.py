@@ -27,15 +27,28 @@ COMMANDS = {
 DEFAULT_CONFIG = "initspec_cli"
 
 
+def command_module(name: str) -> Any:
+    """The module of a command that lives in initspec.commands (None for the built-in ones)."""
+    import importlib
+    from .commands import COMMAND_MODULES
+    return importlib.import_module(COMMAND_MODULES[name]) if name in COMMAND_MODULES else None
+
+
+def all_commands() -> dict[str, str]:
+    from .commands import COMMAND_MODULES
+    return {**COMMANDS, **{name: command_module(name).DESCRIPTION for name in COMMAND_MODULES}}
+
+
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    commands = all_commands()
     parser = argparse.ArgumentParser(
         prog="initspec", description=__doc__.split("\n\n")[0],
-        epilog="commands:\n" + "\n".join(f"  {k:9s} {v}" for k, v in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {k:9s} {v}" for k, v in commands.items())
         + "\n\nexamples:\n  initspec explain model=gpt_tiny initspec=gpt2\n"
           "  initspec check initspec.rules.weights.init.std=-1\n"
           "  initspec apply --out seed.safetensors model=gpt_tiny initspec=gpt2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", help="one of: " + ", ".join(COMMANDS))
+    parser.add_argument("command", nargs="?", default="run", help="one of: " + ", ".join(commands))
     parser.add_argument("--config-dir", help="a Hydra config directory holding your configs")
     parser.add_argument("--config-name", default=None, help=f"primary config name (default: {DEFAULT_CONFIG})")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="explain: output format")
@@ -47,16 +60,24 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--allow-fn", action="append", default=[], metavar="PREFIX",
                         help="allow fn: steps under this dotted prefix (repeatable); torch.nn.init always")
     parser.add_argument("--width", type=int, default=None, help="table width in characters")
+    named = next((a for a in argv if not a.startswith("-")), None)
+    module = command_module(named) if named else None
+    if module is not None:
+        module.add_arguments(parser)
     args, rest = parser.parse_known_args(argv)
-    if args.command not in COMMANDS:
+    if args.command not in commands:
         if "=" in args.command or args.command.startswith(("~", "+")):
             rest.insert(0, args.command)
             args.command = "run"
         else:
-            parser.error(f"unknown command {args.command!r}; commands: {', '.join(COMMANDS)}")
+            parser.error(f"unknown command {args.command!r}; commands: {', '.join(commands)}")
     unknown = [r for r in rest if r.startswith("-")]
     if unknown:
         parser.error(f"unrecognized options: {' '.join(unknown)}")
+    args.words = []
+    if module is not None:   # positional words of the command (diff's "spec native"), not Hydra overrides
+        args.words = [r for r in rest if "=" not in r and not r.startswith(("~", "+"))]
+        rest = [r for r in rest if r not in args.words]
     return args, rest
 
 
@@ -99,10 +120,13 @@ def _main(argv: list[str]) -> int:
                   "the override paths; steps in a list are addressed by index (initspec.rules.x.init.0.std)",
                   file=sys.stderr)
             return 2
-        for key in ("model", "initspec"):
+        module = command_module(args.command)
+        for key in getattr(module, "REQUIRES", ("model", "initspec")):
             if key not in cfg:
                 raise InitSpecError(key, f"the composed config has no {key!r}",
                                     f"add {key} to the config (e.g. defaults: [model: seed_mlp, initspec: seed_custom])")
+        if module is not None:
+            return module.run(cfg, args, args.words)
         return COMMAND_FUNCTIONS[args.command](cfg, args)
     except InitSpecError as exc:
         print("error: " + ("the spec has problems:" if args.command == "check" else "initspec failed:"), file=sys.stderr)
