@@ -1,34 +1,20 @@
 """initspec.build: empty construction, one materialization, ties kept, vars from the model config."""
-import contextlib
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 import initspec
-from initspec import InitSpecError
-from initspec.builder import meta_parameters
+from initspec import InitSpecError, meta_parameters
+from conftest import assert_same_values, run_threads, spy, values
 
 GPT = {"_target_": "initspec.models.gpt.GPT", "vocab_size": 128, "n_positions": 32, "n_embd": 64, "n_layer": 4,
        "n_head": 4}
 
 
-@contextlib.contextmanager
 def linear_resets_seen():
     """Records, for each nn.Linear.reset_parameters() call, whether its weight was on meta."""
-    calls: list[bool] = []
-    original = nn.Linear.reset_parameters
-
-    def spy(self):
-        calls.append(self.weight.is_meta)
-        original(self)
-
-    nn.Linear.reset_parameters = spy
-    try:
-        yield calls
-    finally:
-        nn.Linear.reset_parameters = original
+    return spy(nn.Linear, "reset_parameters", lambda self: self.weight.is_meta)
 
 
 def test_build_from_target_config_resolves_model_vars_and_keeps_ties():
@@ -47,8 +33,7 @@ def test_build_equals_apply_on_a_normally_built_model():
     from initspec.models.gpt import GPT as GPTClass
     plain = GPTClass(**{k: v for k, v in GPT.items() if k != "_target_"})
     initspec.apply(plain, "gpt2", seed=5, vars={"n_layer": 4})
-    for (n1, p1), (n2, p2) in zip(built.named_parameters(), plain.named_parameters()):
-        assert n1 == n2 and torch.equal(p1, p2), n1
+    assert_same_values(values(built), values(plain))
 
 
 def test_no_double_init_parameters_never_hold_default_values():
@@ -76,7 +61,6 @@ def test_buffers_are_built_for_real():
 
 
 def test_meta_parameters_only_affects_this_thread_and_restores():
-    import threading
     original = nn.Module.register_parameter
     seen = {}
 
@@ -84,9 +68,7 @@ def test_meta_parameters_only_affects_this_thread_and_restores():
         seen["other"] = nn.Linear(2, 2).weight.is_meta
 
     with meta_parameters():
-        thread = threading.Thread(target=other)
-        thread.start()
-        thread.join()
+        run_threads(other)
         seen["here"] = nn.Linear(2, 2).weight.is_meta
     assert seen == {"other": False, "here": True}
     assert nn.Module.register_parameter is original
@@ -125,8 +107,7 @@ def test_checkpoint_round_trip_restores_ties(tmp_path):
     fresh = GPTClass(**{k: v for k, v in GPT.items() if k != "_target_"}, tie_embeddings=False)
     initspec.load_checkpoint(fresh, path)
     assert fresh.lm_head.weight is fresh.transformer.wte.weight
-    for (n1, p1), (n2, p2) in zip(model.named_parameters(), fresh.named_parameters()):
-        assert n1 == n2 and torch.equal(p1, p2)
+    assert_same_values(values(fresh), values(model))
 
 
 def test_empty_init_false_builds_normally_and_gives_the_same_values():
@@ -134,8 +115,7 @@ def test_empty_init_false_builds_normally_and_gives_the_same_values():
         full, _ = initspec.build(GPT, "gpt2", seed=3, empty_init=False)
     assert calls and not any(calls)    # PyTorch's default init really ran on real tensors
     empty, _ = initspec.build(GPT, "gpt2", seed=3)
-    for (n1, p1), (n2, p2) in zip(full.named_parameters(), empty.named_parameters()):
-        assert n1 == n2 and torch.equal(p1, p2), n1
+    assert_same_values(values(full), values(empty))
 
 
 def test_uncovered_meta_parameter_without_reset_parameters_is_an_error():
@@ -202,11 +182,7 @@ def test_overlapping_builds_in_two_threads_restore_torch_exactly():
             seen["b"] = nn.Linear(2, 2).weight.is_meta
             seen["b sees patch"] = nn.Module.register_parameter is not originals[0]
 
-    threads = [threading.Thread(target=a), threading.Thread(target=b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(a, b)
     assert seen == {"a": True, "b": True, "b sees patch": True}
     assert (nn.Module.register_parameter, nn.init.normal_, nn.init.kaiming_uniform_) == originals
 

@@ -13,8 +13,8 @@ from torch import nn
 
 import initspec
 import initspec.sources as sources
-from conftest import fill_region
 from initspec.streams import rows_per_chunk
+from conftest import assert_unchanged, fill_region, snapshot, spy
 
 
 class Net(nn.Module):
@@ -98,12 +98,11 @@ def test_missing_init_takes_present_keys_and_falls_back_elsewhere(tmp_path):
                                    if n.startswith("layers.") and report.plan.entry(n).ops[0].kind == "normal"}
 
 
-def test_missing_error_names_the_rule_and_suggests_missing_init(tmp_path, unchanged):
+def test_missing_error_names_the_rule_and_suggests_missing_init(tmp_path):
     net = Net()
     file = hf_names(net, skip=("blocks.0.mlp.out.weight",))
     path = tmp_path / "partial.safetensors"
     save_file(file, str(path))
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(net)
     spec = {"rules": {"w": {"match": "layers.*.*.*", "init": {"name": "checkpoint", "path": str(path),
                                                               "key": "blocks.{0}.mlp.{1}.{2}"}},
@@ -118,7 +117,7 @@ def test_missing_error_names_the_rule_and_suggests_missing_init(tmp_path, unchan
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows,lo,hi", [(77, 39, 77), (77, 0, 20), (3000, 1400, 2900)])
-def test_a_row_shard_reads_only_its_rows(tmp_path, monkeypatch, dtype, rows, lo, hi):
+def test_a_row_shard_reads_only_its_rows(tmp_path, dtype, rows, lo, hi):
     width = 700            # 3000 x 700 spans several chunks: shards cut them
     full = torch.randn(rows, width, generator=torch.Generator().manual_seed(1)).to(dtype)
     path = tmp_path / "w.safetensors"
@@ -127,16 +126,9 @@ def test_a_row_shard_reads_only_its_rows(tmp_path, monkeypatch, dtype, rows, lo,
     model.w = nn.Parameter(torch.empty(rows, width, dtype=dtype))
     plan = initspec.plan(model, {"rules": {"w": {"match": "w", "init": [
         {"name": "checkpoint", "path": str(path), "key": "w"}, {"name": "scale", "by": 0.5}]}}})
-    reads = []
-
-    def recording(o, r0, r1):
-        reads.append((r0, r1))
-        return read_rows(o, r0, r1)
-
-    read_rows = sources.read_rows
-    monkeypatch.setattr(sources, "read_rows", recording)
     local = torch.zeros(hi - lo, width, dtype=dtype)
-    fill_region(plan, "w", local, (lo, 0), (rows, width), threads=2)
+    with spy(sources, "read_rows", lambda o, r0, r1: (r0, r1)) as reads:
+        fill_region(plan, "w", local, (lo, 0), (rows, width), threads=2)
     assert reads and all(lo <= a < b <= hi for a, b in reads), reads
     assert sum(b - a for a, b in reads) == hi - lo      # every row once
     assert torch.equal(local, (full[lo:hi].float() * 0.5).to(dtype))

@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from initspec.cli import Progress, main
 from initspec.load import preset_names
+from conftest import table_row as row
 
 TIMEOUT = 180
 
@@ -37,10 +38,6 @@ def cli(capsys, *args):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def row(out: str, name: str) -> str:
-    return next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
 
 
 # ------------------------------------------------------------------ as a subprocess

@@ -5,16 +5,7 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
-
-ME = __name__  # allow_fn prefix and fn: paths of the functions below, wherever pytest runs from
-
-
-def boom(tensor, **kwargs):
-    raise RuntimeError("boom")
-
-
-def nan_fill(tensor, **kwargs):
-    tensor.fill_(float("nan"))
+from conftest import FN, assert_unchanged, snapshot
 
 
 def model():
@@ -26,27 +17,26 @@ GOOD = {"w": {"match": "*.weight", "init": "zeros"}}
 
 
 @pytest.mark.parametrize("bad_rule,path,says", [
-    ({"match": "0.bias", "init": {"fn": f"{ME}.boom"}}, "initspec.rules.bad.init", "RuntimeError: boom"),
-    ({"match": "0.bias", "init": {"fn": f"{ME}.nan_fill"}}, "initspec.rules.bad.init", "NaN"),
+    ({"match": "0.bias", "init": {"fn": f"{FN}.boom"}}, "initspec.rules.bad.init", "RuntimeError: boom"),
+    ({"match": "0.bias", "init": {"fn": f"{FN}.nan_fill"}}, "initspec.rules.bad.init", "NaN"),
     ({"match": "0.bias", "init": [{"name": "normal", "std": 1}, {"name": "scale", "by": 1e38},
                                   {"name": "scale", "by": 1e38}]}, "initspec.rules.bad.init.2", "inf"),
     ({"match": "0.bias", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}}, "initspec.rules.bad.init.std",
      "1-D"),
 ])
-def test_failure_after_ties_were_planned_leaves_everything(bad_rule, path, says, unchanged):
+def test_failure_after_ties_were_planned_leaves_everything(bad_rule, path, says):
     m = model()
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(m)
     spec = {"rules": {**GOOD, "bad": bad_rule}, "ties": {"t": ["0", "1"]}}
     with pytest.raises(InitSpecError) as err:
-        initspec.apply(m, spec, allow_fn=[ME])
+        initspec.apply(m, spec, allow_fn=[FN])
     assert any(p.startswith(path) for p in err.value.paths), err.value.paths
     assert says in str(err.value), str(err.value)     # the step ran and failed (not: its fn: did not import)
     assert_unchanged(m, snap)
     assert m[0] is not m[1]
 
 
-def test_reset_that_raises_is_rolled_back(unchanged):
+def test_reset_that_raises_is_rolled_back():
     class Fragile(nn.Linear):
         def reset_parameters(self):
             if hasattr(self, "armed"):
@@ -56,7 +46,6 @@ def test_reset_that_raises_is_rolled_back(unchanged):
 
     m = nn.Sequential(nn.Linear(2, 2), Fragile(2, 2))
     m[1].armed = True
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(m)
     with pytest.raises(InitSpecError, match="reset_parameters"):
         initspec.apply(m, {"default": "reset", "rules": {"b": {"match": "*.bias", "init": "zeros"}}})
@@ -69,8 +58,8 @@ def test_meta_model_goes_back_to_meta_on_failure():
     params = list(m.parameters())
     with pytest.raises(InitSpecError, match="RuntimeError: boom"):
         initspec.apply(m, {"rules": {"w": {"match": "*.weight", "init": "zeros"},
-                                     "b": {"match": "*.bias", "init": {"fn": f"{ME}.boom"}}}},
-                       device="cpu", allow_fn=[ME])
+                                     "b": {"match": "*.bias", "init": {"fn": f"{FN}.boom"}}}},
+                       device="cpu", allow_fn=[FN])
     assert list(m.parameters()) == params and all(p.is_meta for p in m.parameters())
 
 

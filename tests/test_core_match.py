@@ -6,15 +6,10 @@ import re
 import pytest
 
 from initspec.match import PatternError, PatternSet, compile_pattern, glob_captures
+from conftest import assert_patterns_agree
 
 PARTS = ["blocks", "layers", "h", "attn", "mlp", "fc1", "fc2", "ln_1", "q", "k", "weight", "bias", "0", "1", "12",
          "3", "c_proj", "wte", "x9", "running_mean"]
-
-
-def naive(pattern: str, name: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name, re.S) is not None
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def random_name(rng):
@@ -48,16 +43,7 @@ def test_patternset_equals_naive(seed):
     rng = random.Random(seed)
     names = sorted({random_name(rng) for _ in range(400)})
     patterns = [random_pattern(rng, names) for _ in range(60)] + ["*", "*.weight", "re:.*", "blocks.1*", "*.1?.*"]
-    compiled = []
-    for i, p in enumerate(patterns):
-        try:
-            compiled.append(compile_pattern(p, i))
-        except PatternError:
-            continue
-    got = PatternSet(compiled).match(names)
-    for name, tags in zip(names, got):
-        expected = sorted(c.tag for c in compiled if naive(c.text, name))
-        assert list(tags) == expected, (name, [patterns[t] for t in set(tags) ^ set(expected)])
+    assert_patterns_agree(patterns, names)
 
 
 def test_invalid_patterns():

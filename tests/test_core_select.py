@@ -5,6 +5,7 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
+from conftest import rules
 
 
 def nested():
@@ -14,10 +15,6 @@ def nested():
         "norm": nn.LayerNorm(4),
         "emb": nn.Embedding(10, 4),
     })
-
-
-def rules(**kw):
-    return {"rules": kw}
 
 
 def const(v):

@@ -9,6 +9,7 @@ from torch import nn
 import initspec
 from initspec import InitSpecError
 from initspec.expr import ExprError, evaluate
+from conftest import assert_unchanged, snapshot
 
 SPEC = {"seed": 3, "rules": {"w": {"match": "*.weight", "init": {"name": "normal", "std": 0.5}}}}
 
@@ -43,9 +44,8 @@ def test_seed_argument_overrides_spec_seed():
     assert torch.equal(a[0].weight, b[0].weight)
 
 
-def test_plan_never_changes_the_model(unchanged):
+def test_plan_never_changes_the_model():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(model)
     plan = initspec.plan(model, {**SPEC, "ties": {"t": ["0", "1"]}})
     assert plan.ties[0].targets == ("1",)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import initspec
-from conftest import fill_region
 from initspec.streams import CHUNK_NUMEL, chunk_ranges, rows_per_chunk
+from conftest import assert_same_values, fill_region, values
 
 SPEC = {"seed": 11, "rules": {
     "w": {"match": "*.weight", "init": {"name": "normal", "std": "1 / sqrt(fan_in)"}},
@@ -15,15 +15,11 @@ SPEC = {"seed": 11, "rules": {
 }}
 
 
-def values(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def test_same_seed_same_values_different_seed_differs():
     a, b = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
     initspec.apply(a, SPEC)
     initspec.apply(b, SPEC)
-    assert all(torch.equal(values(a)[k], values(b)[k]) for k in values(a))
+    assert_same_values(values(b), values(a))
     initspec.apply(b, SPEC, seed=12)
     assert not torch.equal(values(a)["0.weight"], values(b)["0.weight"])
 
@@ -39,8 +35,7 @@ def test_independent_of_construction_order_and_global_rng():
     initspec.apply(a, SPEC)
     initspec.apply(b, SPEC)
     assert torch.equal(torch.get_rng_state(), state)  # neither used nor advanced
-    va, vb = values(a), values(b)
-    assert all(torch.equal(va[k], vb[k]) for k in va)
+    assert_same_values(values(b), values(a))
 
 
 def test_independent_of_rule_order_and_of_extra_layers():
@@ -50,8 +45,7 @@ def test_independent_of_rule_order_and_of_extra_layers():
     initspec.apply(a, SPEC)
     initspec.apply(b, reordered)
     va, vb = values(a), values(b)
-    for k in va:
-        assert torch.equal(va[k], vb[k]), k
+    assert_same_values({k: vb[k] for k in va}, va)          # b's extra layer changes none of a's values
 
 
 def test_values_do_not_depend_on_thread_count():
@@ -62,7 +56,7 @@ def test_values_do_not_depend_on_thread_count():
         initspec.apply(big, SPEC, threads=threads)
         results.append(values(big))
     for other in results[1:]:
-        assert all(torch.equal(results[0][k], other[k]) for k in other)
+        assert_same_values(other, results[0])
     w = results[0]["0.weight"]
     assert abs(float(w.std()) * math.sqrt(1500) - 1) < 0.01
 

@@ -5,6 +5,7 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
+from conftest import assert_unchanged, snapshot
 
 
 def test_parameter_tie_source_rule_initializes_group_and_grads_accumulate():
@@ -67,9 +68,8 @@ def test_tie_already_shared_is_a_noop():
     (lambda: nn.Sequential(nn.BatchNorm1d(2), nn.BatchNorm1d(2)), {"t": ["0.running_mean", "1.running_mean"]},
      "buffer", "initspec.ties.t.0"),
 ])
-def test_tie_errors_leave_model_unchanged(model, ties, fragment, path, unchanged):
+def test_tie_errors_leave_model_unchanged(model, ties, fragment, path):
     m = model()
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(m)
     with pytest.raises(InitSpecError) as err:
         initspec.apply(m, {"rules": {"all": {"match": "*", "init": "zeros", "optional": True}}, "ties": ties})

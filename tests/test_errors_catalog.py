@@ -23,18 +23,10 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
+from conftest import FN, assert_unchanged, rules, snapshot
 
-ME = __name__  # allow_fn prefix for the custom functions below
+ME = __name__  # allow_fn prefix for NOT_CALLABLE
 NOT_CALLABLE = 3
-
-
-def boom(tensor, **kwargs):
-    tensor.fill_(1.0)  # writes first, then fails: the write must not reach the model
-    raise RuntimeError("boom")
-
-
-def nan_fill(tensor, **kwargs):
-    tensor.fill_(float("nan"))
 
 
 class Net(nn.Module):
@@ -84,10 +76,6 @@ def meta_net() -> nn.Module:
 def half_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 4)).half()
-
-
-def rules(**named: dict) -> dict:
-    return {"rules": named}
 
 
 def w(init: Any, match: str = "body.*.weight", **extra: Any) -> dict:
@@ -228,9 +216,9 @@ CASES = [
          "initspec.rules.w.init.fn", says=("leaves the allowed prefixes",)),
     Case("fn_not_callable", w({"fn": f"{ME}.NOT_CALLABLE"}), "initspec.rules.w.init.fn",
          kwargs={"allow_fn": [ME]}, says=("not a function",)),
-    Case("fn_raising", w({"fn": f"{ME}.boom"}), "initspec.rules.w.init", kwargs={"allow_fn": [ME]},
+    Case("fn_raising", w({"fn": f"{FN}.boom"}), "initspec.rules.w.init", kwargs={"allow_fn": [FN]},
          says=("RuntimeError: boom",), late=True),
-    Case("fn_writes_nan", w({"fn": f"{ME}.nan_fill"}), "initspec.rules.w.init", kwargs={"allow_fn": [ME]},
+    Case("fn_writes_nan", w({"fn": f"{FN}.nan_fill"}), "initspec.rules.w.init", kwargs={"allow_fn": [FN]},
          says=("NaN",), late=True),
     Case("fn_torch_init_on_wrong_shape", w({"fn": "torch.nn.init.dirac_"}), "initspec.rules.w.init",
          says=("3, 4, or 5 dimensions",), late=True),
@@ -369,30 +357,6 @@ def warm():
 
 
 # ------------------------------------------------------------- the catalog
-
-def snapshot(model: nn.Module) -> dict:
-    """Every tensor by every name: the object and a clone of its values; every module object."""
-    tensors = {}
-    for prefix, named in (("p:", model.named_parameters(remove_duplicate=False)),
-                          ("b:", model.named_buffers(remove_duplicate=False))):
-        for name, t in named:
-            tensors[prefix + name] = (t, t if t.is_meta else t.detach().clone())
-    return {"tensors": tensors, "modules": dict(model.named_modules(remove_duplicate=False))}
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    now = snapshot(model)
-    assert now["tensors"].keys() == before["tensors"].keys()
-    for key, (obj, values) in before["tensors"].items():
-        current = now["tensors"][key][0]
-        assert current is obj, f"{key} is a different object (tied or replaced)"
-        assert current.is_meta == values.is_meta, f"{key} changed device"
-        if not values.is_meta:
-            assert current.dtype == values.dtype and torch.equal(current.detach(), values), f"{key} changed"
-    assert now["modules"].keys() == before["modules"].keys()
-    for key, module in before["modules"].items():
-        assert now["modules"][key] is module, f"module {key} was replaced (tied?)"
-
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, files):

@@ -1,7 +1,7 @@
 """The planner, the walk and the pattern matcher against plain reference versions.
 
 * ``initspec.plan`` picks, for every tensor, the rule an independent oracle picks
-  (fnmatch over every rule; ``test_properties.expected_winner``) on fixed cases
+  (fnmatch over every rule; ``conftest.expected_winner``) on fixed cases
   with ties, shared modules, per-layer expressions, step problems and meta tensors;
 * ``walk`` equals a plain recursive walk;
 * ``PatternSet`` (templates, prefix/suffix ranges) equals the naive loop on names
@@ -9,9 +9,7 @@
 """
 from __future__ import annotations
 
-import fnmatch
 import random
-import re
 
 import pytest
 import torch
@@ -19,11 +17,9 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
-from initspec.match import PatternError, PatternSet, compile_pattern
 from initspec.models.gpt import gpt_tiny
 from initspec.tree import MODULE_KEYS, WRAPPER_CHILDREN, walk
-from conftest import fill_region
-from test_properties import expected_winner
+from conftest import assert_patterns_agree, expected_winner, fill_region
 
 
 def oracle_agrees(model: nn.Module, spec) -> int:
@@ -140,12 +136,6 @@ def test_walk_equals_reference(make):
     assert all(tree.by_tensor_name[s.name] is next(t for t in tree.tensors if t.name == s.name) for s in tree.tensors)
 
 
-def naive(pattern: str, name: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name, re.S) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 PIECES = ["h", "layers", "0", "1", "12", "3", "007", "٣", "#", "w2", "ln_1", "a#1", "x", "weight", "bias", "10",
           "w1", "w12", "ln_2", "1a", "b-3", "1#2", "fc٣1"]
 PATTERNS = ["*", "*.weight", "h.*.w2.*", "h.1*", "h.?.*", "h.??.*", "*.[01].*", "*[!0-9].weight", "*#*", "*.#.*",
@@ -163,16 +153,7 @@ def test_patternset_equals_naive_on_digit_heavy_names(seed):
     names += names[:5]                                  # repeated names too
     texts = PATTERNS + [rng.choice(names) for _ in range(10)] + \
         [".".join("*" if rng.random() < 0.3 else p for p in rng.choice(names).split(".")) for _ in range(20)]
-    compiled = []
-    for i, text in enumerate(texts):
-        try:
-            compiled.append(compile_pattern(text, i))
-        except PatternError:
-            continue
-    got = PatternSet(compiled).match(names)
-    for name, tags in zip(names, got):
-        expected = sorted({c.tag for c in compiled if naive(c.text, name)})
-        assert list(tags) == expected, (name, [texts[t] for t in set(tags) ^ set(expected)])
+    assert_patterns_agree(texts, names)
 
 
 # ------------------------------------------------- shards that cut a stream chunk

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import table_row
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "train.py"
 
@@ -41,8 +43,7 @@ def train_runs(tmp_path, *runs: list[str]) -> list[str]:
 
 def row(out: str, name: str) -> list[str]:
     """The cells of a parameter's row in the report table."""
-    line = next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
-    return [cell.strip() for cell in line.strip("│").split("│")]
+    return [cell.strip() for cell in table_row(out, name).strip("│").split("│")]
 
 
 COLUMNS = ("parameter", "shape", "rule", "steps", "tie", "expected std", "mean", "std", "min", "max", "zeros")

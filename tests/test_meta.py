@@ -6,8 +6,6 @@ model back on meta with the same Parameter objects.
 """
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -17,6 +15,7 @@ import initspec.streams as streams
 from initspec import InitSpecError
 from initspec.models.gpt import gpt_tiny
 from initspec.models.llama import llama_tiny
+from conftest import assert_same_values, assert_unchanged, shard, snapshot, spy, values
 
 SPEC = {"seed": 4, "rules": {
     "w": {"match": "*.weight", "ndim": 2, "init": {"name": "normal", "std": 0.02}},
@@ -40,37 +39,9 @@ def mesh():
         dist.destroy_process_group()
 
 
-def shard(model: nn.Module, mesh, *children: nn.Module) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
-    for child in children:
-        fully_shard(child, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
-def values(model: nn.Module) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in model.named_parameters():
-        p = p.full_tensor() if hasattr(p, "full_tensor") else p
-        out[name] = p.detach().clone()
-    return out
-
-
-@contextlib.contextmanager
 def recorded_draws():
     """Every (name, step, chunk) a generator is made for during the block."""
-    drawn: list[tuple[str, int, int]] = []
-    original = streams.Stream.generator
-
-    def generator(self, step, chunk):
-        drawn.append((self.name, step, chunk))
-        return original(self, step, chunk)
-
-    streams.Stream.generator = generator
-    try:
-        yield drawn
-    finally:
-        streams.Stream.generator = original
+    return spy(streams.Stream, "generator", lambda self, step, chunk: (self.name, step, chunk))
 
 
 def test_meta_gpt_is_filled_once_per_tensor_with_ties_kept():
@@ -88,8 +59,7 @@ def test_meta_gpt_is_filled_once_per_tensor_with_ties_kept():
     assert names == random_rules
     real = gpt_tiny()   # built for real (torch's default init first): the same values after apply
     initspec.apply(real, SPEC)
-    want, got = values(real), values(model)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert_same_values(values(model), values(real))
 
 
 def test_fully_sharded_meta_model_keeps_parameter_objects_and_trains(mesh):
@@ -103,18 +73,16 @@ def test_fully_sharded_meta_model_keeps_parameter_objects_and_trains(mesh):
     with torch.device("meta"):
         single = gpt_tiny()
     initspec.apply(single, SPEC, device="cpu")
-    want, got = values(single), values(model)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert_same_values(values(model), values(single))
     loss = model(torch.randint(0, 128, (2, 8))).float().pow(2).mean()
     loss.backward()                                   # FSDP2 all-gathers the materialized shards
     assert model.transformer.wte.weight.grad is not None
 
 
-def test_failed_apply_returns_a_sharded_model_to_meta(mesh, unchanged):
+def test_failed_apply_returns_a_sharded_model_to_meta(mesh):
     with torch.device("meta"):
         model = gpt_tiny()
     shard(model, mesh, *model.transformer.h)
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(model)
     bad = {"seed": 4, "rules": {**SPEC["rules"], "boom": {
         "match": "transformer.h.1.mlp.c_fc.weight", "priority": 5,
@@ -138,8 +106,7 @@ def test_meta_parameters_with_real_buffers_then_fully_shard(mesh):
     assert torch.equal(model.freqs_cis, table)
     assert torch.equal(table, llama_tiny().freqs_cis)
     single, _ = initspec.build(llama_tiny, "llama_depth", vars=LLAMA_VARS)
-    want, got = values(single), values(model)
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert_same_values(values(model), values(single))
 
 
 def test_meta_buffers_reset_covered_or_named_under_fsdp(mesh):
@@ -165,7 +132,7 @@ def test_meta_buffers_reset_covered_or_named_under_fsdp(mesh):
     assert int(net.bn.num_batches_tracked) == 0
 
 
-def test_spec_ties_must_be_made_before_fully_shard(mesh, unchanged):
+def test_spec_ties_must_be_made_before_fully_shard(mesh):
     class Two(nn.Module):
         def __init__(self):
             super().__init__()
@@ -180,7 +147,6 @@ def test_spec_ties_must_be_made_before_fully_shard(mesh, unchanged):
 
     spec = {"seed": 1, "rules": {"all": {"match": "*", "init": "normal"}}, "ties": {"shared": ["a.weight", "b.weight"]}}
     late = shard(make(), mesh)
-    snapshot, assert_unchanged = unchanged
     snap = snapshot(late)
     with pytest.raises(InitSpecError, match=r"ties\.shared.*initspec\.distributed\.tie"):
         initspec.apply(late, spec, device="cpu")
@@ -195,18 +161,16 @@ def test_spec_ties_must_be_made_before_fully_shard(mesh, unchanged):
     assert early.a.weight is early.b.weight
     single = make()
     initspec.apply(single, spec, device="cpu")
-    want, got = values(single), values(early)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert_same_values(values(early), values(single))
     early(torch.ones(2, 6)).sum().backward()
     assert early.a.weight.grad is not None
 
 
-def test_load_checkpoint_into_meta_models(tmp_path, unchanged):
+def test_load_checkpoint_into_meta_models(tmp_path):
     source = gpt_tiny()
     report = initspec.apply(source, SPEC)
     path = tmp_path / "seed.safetensors"
     initspec.save_checkpoint(source, path, report.plan)
-    snapshot, assert_unchanged = unchanged
 
     with torch.device("meta"):
         model = gpt_tiny(tie_embeddings=False)
@@ -225,8 +189,7 @@ def test_load_checkpoint_into_meta_models(tmp_path, unchanged):
 
     initspec.load_checkpoint(model, path, device="cpu")
     assert model.lm_head.weight is model.transformer.wte.weight
-    want, got = values(source), values(model)
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert_same_values(values(model), values(source))
 
 
 def test_save_checkpoint_refuses_meta_tensors(tmp_path):

@@ -2,17 +2,15 @@
 
 Either apply succeeds and the result satisfies the invariants (each tensor
 filled by the rule an independent re-implementation of the selection rules
-picks, values consistent with its pipeline, ties are one object, everything
+(conftest.expected_winner) picks, values consistent with its pipeline, ties are one object, everything
 finite, the same seed gives bitwise the same values on a fresh copy), or it
 raises InitSpecError and the model is bitwise unchanged. No other outcome.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -22,6 +20,7 @@ import initspec
 from initspec import InitSpecError
 from initspec.steps import REQUIRED, STEPS
 from initspec.primitives import value_bounds
+from conftest import assert_unchanged, expected_winner, snapshot, tensors_of
 
 EXAMPLES = int(os.environ.get("INITSPEC_PROPERTY_EXAMPLES", "100"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -197,66 +196,7 @@ def tie_pairs(model: nn.Module) -> list[list[str]]:
     return pairs
 
 
-# ------------------------------------------------------- an independent oracle
-
-def _matches(pattern: str, name: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def _as_list(value):
-    return [] if value is None else value if isinstance(value, list) else [value]
-
-
-def expected_winner(spec: dict, model: nn.Module, names: tuple[str, ...]) -> str | None:
-    """The rule that should fill the tensor known under ``names`` (highest priority, then latest)."""
-    owners = dict(model.named_modules(remove_duplicate=False))
-    best = None
-    for index, (rule_name, rule) in enumerate(spec["rules"].items()):
-        if rule is None:
-            continue
-        for name in names:
-            owner_name, _, attr = name.rpartition(".")
-            owner = owners[owner_name]
-            tensor = owner._parameters.get(attr)
-            if tensor is None:
-                tensor = owner._buffers[attr]
-                if not (rule.get("buffers") and tensor.is_floating_point()):
-                    continue
-            if not any(_matches(p, name) for p in _as_list(rule["match"])):
-                continue
-            if any(_matches(p, name) for p in _as_list(rule.get("exclude"))):
-                continue
-            if rule.get("ndim") is not None and tensor.dim() not in _as_list(rule["ndim"]):
-                continue
-            wanted = _as_list(rule.get("module"))
-            if wanted and not any(c.__name__ == m.rpartition(".")[2] for m in wanted for c in type(owner).__mro__):
-                continue
-            key = (rule.get("priority", 0), index)
-            if best is None or key > best[0]:
-                best = (key, rule_name)
-    return None if best is None else best[1]
-
-
-def tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(model.named_parameters(remove_duplicate=False)),
-            **dict(model.named_buffers(remove_duplicate=False))}
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {name: (t, t.detach().clone()) for name, t in tensors_of(model).items()}
-
-
-def assert_unchanged(model: nn.Module, before: dict, modules_before: dict) -> None:
-    now = tensors_of(model)
-    assert now.keys() == before.keys()
-    for name, (obj, values) in before.items():
-        assert now[name] is obj, f"{name} replaced or tied"
-        assert now[name].is_meta == values.is_meta, f"{name} changed device"
-        assert values.is_meta or torch.equal(now[name].detach(), values), f"{name} changed"
-    assert dict(model.named_modules(remove_duplicate=False)) == modules_before
-
+# ------------------------------------------------------------- the checks
 
 def check_values(entry, tensor: torch.Tensor) -> None:
     """Values consistent with the entry's pipeline: constants exact, samplers within bounds."""
@@ -289,12 +229,11 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
     blueprint, spec, meta = case
     model = build(blueprint, meta)
     before = snapshot(model)
-    modules_before = dict(model.named_modules(remove_duplicate=False))
     try:
         report = initspec.apply(model, spec, device="cpu")
     except InitSpecError as err:
         assert err.problems and all(p.path and p.what for p in err.problems)
-        assert_unchanged(model, before, modules_before)
+        assert_unchanged(model, before)
         return
     plan = report.plan
     live = tensors_of(model)
@@ -317,7 +256,7 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
         if entry.action == "fill":
             check_values(entry, tensor)
         elif entry.action == "keep" and entry.tie is None:
-            assert torch.equal(tensor.detach(), before[entry.name][1]), entry.name
+            assert torch.equal(tensor.detach(), before["tensors"][entry.name][1]), entry.name
 
     again = build(blueprint, meta)              # same seed => bitwise the same values
     initspec.apply(again, spec, device="cpu")
@@ -331,12 +270,11 @@ def test_plan_never_touches_the_model(case):
     blueprint, spec, meta = case
     model = build(blueprint, meta)
     before = snapshot(model)
-    modules_before = dict(model.named_modules(remove_duplicate=False))
     try:
         initspec.plan(model, spec)
     except InitSpecError:
         pass
-    assert_unchanged(model, before, modules_before)
+    assert_unchanged(model, before)
 
 
 def test_the_generator_reaches_both_outcomes():

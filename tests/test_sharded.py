@@ -8,26 +8,23 @@ and seed, bitwise. World size 1 runs the same code in a spawned process too.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import save_file
 from torch import nn
 
 import initspec
 from initspec.models.gpt import gpt_tiny
 from initspec.streams import rows_per_chunk
+from conftest import assert_same_values, free_port, shard, spawn_ranks, spy, values
 
 TIMEOUT = {1: 60, 2: 90, 4: 120}   # seconds per spawn (imports dominate: ~5 s of CPU per rank)
 REPO = Path(__file__).resolve().parents[1]
@@ -112,24 +109,6 @@ FLAW_SHAPE = (1000, 64)
 
 # ------------------------------------------------------------------ rank side
 
-def _worker(rank: int, world: int, port: int, out: str, files: dict) -> None:
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        import torch.distributed as dist
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-        result = _scenarios(rank, world, files)
-        torch.save(result, Path(out) / f"rank{rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def _gather(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
-
-
 def _fsdp_params(model: nn.Module) -> dict[str, object]:
     """Parameter name -> its FSDP2 ``FSDPParam``."""
     names = {id(p): n for n, p in model.named_parameters()}
@@ -180,9 +159,15 @@ def _shard_storage(model: nn.Module) -> dict[str, tuple]:
     return out
 
 
+def _apply_recorded(model: nn.Module, out: dict, key: str) -> None:
+    """Apply GPT_SPEC to a sharded meta model; record FSDP2's resets, the shard storage and the gathered values."""
+    with _fsdp_resets() as resets:
+        initspec.apply(model, GPT_SPEC, device="cpu")
+    out[key + "_resets"], out[key + "_storage"], out[key] = resets, _shard_storage(model), values(model)
+
+
 def _scenarios(rank: int, world: int, files: dict) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     import initspec.sources as sources
     import initspec.streams as streams
@@ -191,29 +176,14 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     out: dict = {"rank": rank}
 
     # FSDP2 Shard(0) on a meta build: record every chunk drawn and every checkpoint row read
-    drawn, reads = [], []
-    generator, read_rows = streams.Stream.generator, sources.read_rows
-
-    def recording_generator(self, step, chunk):
-        drawn.append((self.name, step, chunk))
-        return generator(self, step, chunk)
-
-    def recording_read(o, r0, r1):
-        reads.append((o["key"], r0, r1))
-        return read_rows(o, r0, r1)
-
     with torch.device("meta"):
         wide = Wide()
-    fully_shard(wide.big, mesh=mesh)
-    fully_shard(wide, mesh=mesh)
+    shard(wide, mesh, wide.big)
     ids = {n: id(p) for n, p in wide.named_parameters()}
-    streams.Stream.generator, sources.read_rows = recording_generator, recording_read
     start = time.perf_counter()
-    try:
-        with _fsdp_resets() as resets:
-            initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
-    finally:
-        streams.Stream.generator, sources.read_rows = generator, read_rows
+    with spy(streams.Stream, "generator", lambda self, step, chunk: (self.name, step, chunk)) as drawn, \
+            spy(sources, "read_rows", lambda o, r0, r1: (o["key"], r0, r1)) as reads, _fsdp_resets() as resets:
+        initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
     out["wide_resets"] = resets
     out["wide_seconds"] = time.perf_counter() - start
     out["wide_same_objects"] = all(id(p) == ids[n] for n, p in wide.named_parameters())
@@ -221,7 +191,7 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     out["drawn"], out["reads"] = drawn, reads
     out["wide_storage"] = _shard_storage(wide)
     initspec.save_checkpoint(wide, files["saved"])   # gathers on every rank, rank 0 writes
-    out["wide"] = _gather(wide)
+    out["wide"] = values(wide)
 
     # Tensor parallel: Shard(1) / Replicate / Shard(0), built on meta and built for real
     for label, device in (("tp_meta", "meta"), ("tp_live", "cpu")):
@@ -234,7 +204,7 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
             module_name, _, attr = name.rpartition(".")
             setattr(tp.get_submodule(module_name), attr, nn.Parameter(distribute_tensor(param, mesh, [placement])))
         initspec.apply(tp, TP_SPEC, device="cpu" if device == "meta" else None)
-        out[label] = _gather(tp)
+        out[label] = values(tp)
         out[label + "_local"] = {n: tuple(p.to_local().shape) for n, p in tp.named_parameters()}
 
     # The CPU-mesh flaw: every rank seeded alike (as launchers do), then a DTensor's own normal_()
@@ -246,7 +216,7 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     holder = nn.Module()
     with torch.device("meta"):
         holder.w = nn.Parameter(torch.empty(FLAW_SHAPE))
-    fully_shard(holder, mesh=mesh)
+    shard(holder, mesh)
     torch.manual_seed(0)
     initspec.apply(holder, {"seed": 0, "rules": {"w": {"match": "w", "init": "normal"}}}, device="cpu")
     out["flaw_initspec"] = holder.w.full_tensor()
@@ -254,14 +224,8 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     # Tied embedding / output under FSDP2: one object after apply, and it trains
     with torch.device("meta"):
         gpt = gpt_tiny(vocab_size=1001)
-    for block in gpt.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(gpt, mesh=mesh)   # wte and lm_head share the root group
-    with _fsdp_resets() as resets:
-        initspec.apply(gpt, GPT_SPEC, device="cpu")
-    out["gpt_resets"] = resets
-    out["gpt_storage"] = _shard_storage(gpt)
-    out["gpt"] = _gather(gpt)
+    shard(gpt, mesh, *gpt.transformer.h)   # wte and lm_head share the root group
+    _apply_recorded(gpt, out, "gpt")
     out["gpt_tied_after_apply"] = gpt.lm_head.weight is gpt.transformer.wte.weight
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=3e-3)
     data = torch.randint(0, 1001, (4, 17), generator=torch.Generator().manual_seed(1))
@@ -276,15 +240,13 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     out["gpt_losses"] = losses
     out["gpt_tied_after_training"] = gpt.lm_head.weight is gpt.transformer.wte.weight
     out["gpt_names"] = [n for n, _ in gpt.named_parameters()]
-    out["gpt_trained"] = _gather(gpt)
+    out["gpt_trained"] = values(gpt)
     out["gpt_storage_trained"] = _shard_storage(gpt)
 
     # A failed apply (after the shards were materialized) leaves FSDP2 as it was; a retry works
     with torch.device("meta"):
         retry = gpt_tiny(vocab_size=1001)
-    for block in retry.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(retry, mesh=mesh)
+    shard(retry, mesh, *retry.transformer.h)
     before = {n: (f.sharded_param, f._sharded_param_data) for n, f in _fsdp_params(retry).items()}
     bad = {"seed": 7, "rules": {**GPT_SPEC["rules"], "boom": {
         "match": "transformer.h.1.mlp.c_fc.weight", "priority": 5,
@@ -299,28 +261,22 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
     out["retry_restored"] = (after.keys() == before.keys()
                              and all(f.sharded_param is before[n][0] and f._sharded_param_data is before[n][1]
                                      for n, f in after.items()))
-    with _fsdp_resets() as resets:
-        initspec.apply(retry, GPT_SPEC, device="cpu")
-    out["retry_resets"] = resets
-    out["retry_storage"] = _shard_storage(retry)
-    out["retry"] = _gather(retry)
+    _apply_recorded(retry, out, "retry")
 
     # Seed checkpoint (written by `initspec apply --out`): ties from its metadata, then shard, then load
     with torch.device("meta"):
         seeded = gpt_tiny(tie_embeddings=False)
     groups = initspec.distributed.tie(seeded, files["seed"])
-    for block in seeded.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(seeded, mesh=mesh)
+    shard(seeded, mesh, *seeded.transformer.h)
     initspec.load_checkpoint(seeded, files["seed"], device="cpu")
     out["seed_groups"] = groups
     out["seed_tied"] = seeded.lm_head.weight is seeded.transformer.wte.weight
-    out["seed"] = _gather(seeded)
+    out["seed"] = values(seeded)
 
     # ... and sharded before tying: a clear error, the model still on meta
     with torch.device("meta"):
         late = gpt_tiny(tie_embeddings=False)
-    fully_shard(late, mesh=mesh)
+    shard(late, mesh)
     try:
         initspec.load_checkpoint(late, files["seed"], device="cpu")
         out["late_error"] = None
@@ -332,33 +288,6 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
 
 
 # ------------------------------------------------------------------ parent side
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(world: int, out: Path, files: dict) -> list[dict]:
-    """Run the scenarios on ``world`` gloo ranks; each rank's results (or its traceback)."""
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, str(out), files)) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT[world]
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    errors = [f.read_text() for f in sorted(out.glob("rank*.err"))]
-    assert not errors, errors[0]
-    assert not alive, f"{len(alive)} rank(s) still running after {TIMEOUT[world]} s"
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
-
 
 def _files(tmp: Path) -> dict:
     src = tmp / "src.safetensors"
@@ -375,12 +304,12 @@ def _reference_wide(files: dict) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         model = Wide()
     initspec.apply(model, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
-    return {n: p.detach() for n, p in model.named_parameters()}
+    return values(model)
 
 
 def _reference(model: nn.Module, spec: dict) -> dict[str, torch.Tensor]:
     initspec.apply(model, spec, device="cpu")
-    return {n: p.detach() for n, p in model.named_parameters()}
+    return values(model)
 
 
 def _shards(full: torch.Tensor, world: int, dim: int = 0) -> list[torch.Tensor]:
@@ -393,20 +322,14 @@ def run(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"world{world}")
     files = _files(tmp)
     start = time.perf_counter()
-    results = spawn(world, tmp, files)
+    results = spawn_ranks(_scenarios, world, tmp, files, timeout=TIMEOUT[world])
     return {"world": world, "files": files, "ranks": results, "seconds": time.perf_counter() - start}
-
-
-def _assert_equal(got: dict, want: dict, what: str) -> None:
-    assert got.keys() == want.keys(), what
-    bad = [k for k in want if not torch.equal(got[k], want[k])]
-    assert not bad, f"{what}: {bad} differ from single-process init"
 
 
 def test_fsdp2_shard0_equals_single_process(run):
     world, rank0 = run["world"], run["ranks"][0]
     want = _reference_wide(run["files"])
-    _assert_equal(rank0["wide"], want, "FSDP2 Wide")
+    assert_same_values(rank0["wide"], want, "FSDP2 Wide vs single-process init")
     for r in run["ranks"]:
         assert r["wide_same_objects"], "materialization replaced Parameter objects"
         local, rows = r["wide_local_rows"]["big.weight"]
@@ -450,8 +373,8 @@ def test_checkpoint_source_reads_only_local_rows(run):
 def test_tensor_parallel_shard1_and_replicate_equal_single_process(run):
     world, rank0 = run["world"], run["ranks"][0]
     want = _reference(TP(), TP_SPEC)
-    _assert_equal(rank0["tp_meta"], want, "TP built on meta")
-    _assert_equal(rank0["tp_live"], want, "TP built for real")
+    assert_same_values(rank0["tp_meta"], want, "TP built on meta vs single-process init")
+    assert_same_values(rank0["tp_live"], want, "TP built for real vs single-process init")
     for r in run["ranks"]:
         cols = torch.arange(1001).chunk(world)[r["rank"]]
         assert r["tp_meta_local"]["col.weight"] == (300, len(cols))
@@ -483,7 +406,7 @@ def test_tied_embedding_stays_one_parameter_and_trains(run):
         losses = r["gpt_losses"]
         assert losses[-1] < losses[0] - 0.05, losses
         assert r["gpt_losses"] == run["ranks"][0]["gpt_losses"]   # one model, seen from every rank
-    _assert_equal(run["ranks"][0]["gpt"], want, "FSDP2 GPT")
+    assert_same_values(run["ranks"][0]["gpt"], want, "FSDP2 GPT vs single-process init")
     trained = run["ranks"][0]["gpt_trained"]["transformer.wte.weight"]
     assert not torch.equal(trained, want["transformer.wte.weight"])
 
@@ -515,7 +438,7 @@ def test_uneven_shards_are_materialized_in_fsdp2s_padded_storage(run):
     for r in run["ranks"]:   # the failed apply put back FSDP2's own (meta) shard data
         assert r["retry_error"] and "rules.boom" in r["retry_error"], r["retry_error"]
         assert r["retry_meta"] and r["retry_restored"]
-    _assert_equal(run["ranks"][0]["retry"], want, "FSDP2 GPT after a failed apply")
+    assert_same_values(run["ranks"][0]["retry"], want, "FSDP2 GPT after a failed apply vs single-process init")
 
 
 def test_seed_checkpoint_from_cli_loads_sharded_with_ties(run):
@@ -552,7 +475,7 @@ def test_spawn_time_bounded(run):
 def test_fsdp_train_example_under_torchrun(tmp_path):
     seed = tmp_path / "init.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(REPO / "examples" / "fsdp_train.py"), "--steps", "5",
+           "--master-port", str(free_port()), str(REPO / "examples" / "fsdp_train.py"), "--steps", "5",
            "--save", str(seed)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=tmp_path, env=env)
@@ -594,4 +517,4 @@ def test_portable_draws_on_the_cpu_for_any_device():
     model = nn.Linear(3, 3)
     for streams, want in (("fast", "cuda"), ("portable", "cpu")):
         plan = initspec.plan(model, {"streams": streams, "rules": {"w": {"match": "*", "init": "normal"}}})
-        assert stream_of(plan, plan.entry("weight"), torch.device("cuda")).device.type == want
+        assert stream_of(plan, "weight", torch.device("cuda")).device.type == want

@@ -9,12 +9,14 @@ the models are built before the threads start.)
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
 from torch import nn
 
 import initspec
+from conftest import assert_same_values, run_threads, values
 
 ME = __name__
 
@@ -62,65 +64,42 @@ def fresh(width: int, seed: int) -> nn.Module:
     return Net(width)
 
 
-def values(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def run(spec: dict, width: int, start_seed: int, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     model = fresh(width, start_seed) if model is None else model
     initspec.apply(model, spec, allow_fn=[ME], threads=2)
-    return values(model)
-
-
-def assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    return values(model, buffers=True)
 
 
 def test_concurrent_applies_equal_sequential_ones():
     expected = [run(spec, width, 0) for spec, width in JOBS]
     for round_ in range(4):
         results: list = [None] * len(JOBS)
-        errors: list = []
-        barrier = threading.Barrier(len(JOBS))
+        barrier = threading.Barrier(len(JOBS), timeout=60)
         # Built before the threads start: building draws from the global RNG, outside initspec's lock.
         models = [fresh(width, round_) for _, width in JOBS]
         torch.manual_seed(round_)
 
         def work(i: int) -> None:
-            try:
-                barrier.wait()
-                spec, width = JOBS[i]
-                results[i] = run(spec, width, round_, models[i])
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            barrier.wait()
+            spec, width = JOBS[i]
+            results[i] = run(spec, width, round_, models[i])
 
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(JOBS))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        run_threads(*(functools.partial(work, i) for i in range(len(JOBS))))
         for got, want in zip(results, expected):
-            assert_same(got, want)
+            assert_same_values(got, want)
 
 
 def test_the_same_spec_in_two_threads_gives_identical_models():
     results: list = [None, None]
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=60)
     models = [fresh(48, i) for i in range(2)]
 
     def work(i: int) -> None:
         barrier.wait()
         results[i] = run(SPEC_A, 48, i, models[i])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert_same(results[0], results[1])
+    run_threads(functools.partial(work, 0), functools.partial(work, 1))
+    assert_same_values(results[0], results[1])
 
 
 def test_the_callers_global_rng_is_untouched():
@@ -139,4 +118,4 @@ def test_values_do_not_depend_on_the_global_rng_state():
     model = fresh(48, 0)
     torch.manual_seed(31337)
     initspec.apply(model, SPEC_A, allow_fn=[ME])
-    assert_same(values(model), expected)
+    assert_same_values(values(model, buffers=True), expected)

@@ -26,6 +26,7 @@ from torch import nn
 
 import initspec
 from initspec import InitSpecError
+from conftest import spy
 
 REPO = Path(__file__).resolve().parents[1]
 USER_MODULE = """
@@ -163,23 +164,16 @@ def test_expressions_never_reach_eval_exec_or_code_objects(monkeypatch):
 
 # -------------------------------------------------------------- checkpoints
 
-def test_torch_load_is_always_weights_only(tmp_path, monkeypatch):
+def test_torch_load_is_always_weights_only(tmp_path):
     state = {k: v.detach().clone() for k, v in model().state_dict().items()}
     torch.save(state, tmp_path / "state.pt")
-    calls = []
-    real_load = torch.load
-
-    def recording_load(*args, **kwargs):
-        calls.append(kwargs)
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
     initspec.sources.clear_cache()
     m = model()
     with torch.no_grad():
         m[0].weight.zero_()
-    initspec.apply(m, {"rules": {"w": {"match": "*", "init": {"name": "checkpoint", "path": str(tmp_path / "state.pt"),
-                                                                "format": "torch"}}}})
+    with spy(torch, "load", lambda *args, **kwargs: kwargs) as calls:
+        initspec.apply(m, {"rules": {"w": {"match": "*", "init": {
+            "name": "checkpoint", "path": str(tmp_path / "state.pt"), "format": "torch"}}}})
     assert calls and all(c.get("weights_only") is True for c in calls)
     assert torch.equal(m[0].weight.detach(), state["0.weight"])
     initspec.sources.clear_cache()
