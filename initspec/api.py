@@ -61,16 +61,27 @@ def plan(model: nn.Module, spec: Any, *, seed: int | None = None, vars: Mapping[
 
 def apply(model: nn.Module, spec: Any, *, seed: int | None = None, device: Any = None,
           vars: Mapping[str, Any] | None = None, allow_fn: Iterable[str] = (),
-          threads: int | None = None, progress: Callable[[int, int], None] | None = None) -> Report:
+          threads: int | None = None, progress: Callable[[int, int], None] | None = None,
+          data: Any = None) -> Report:
     """Initialize ``model`` by ``spec``; returns a :class:`Report`.
 
     ``seed`` overrides ``spec.seed``. ``device`` is where tensors on the meta
     device are materialized. ``allow_fn`` widens the prefixes ``fn:`` steps may
     import from (``torch.nn.init`` always). ``threads`` fills chunks in
     parallel (values never depend on it). ``progress(done, total)`` is called
-    with element counts while filling. On any error the model is unchanged.
+    with element counts while filling. ``data`` is the batch that data-dependent
+    steps (``lsuv``) run the model on, after every tensor is filled. On any
+    error the model is unchanged.
     """
     start = time.perf_counter()
     the_plan, layout = make_plan(model, spec_with_seed(spec, seed, vars), checked_allow_fn(allow_fn))
-    execute(model, the_plan, layout, device=device, threads=threads, progress=progress)
-    return Report(the_plan, model, time.perf_counter() - start)
+    if data is None:
+        needy = [e for e in the_plan.entries if e.ops and e.ops[-1].primitive.data_pass is not None]
+        if needy:
+            step = needy[0].ops[-1]
+            raise InitSpecError(step.origin, f"rule {needy[0].rule!r} ends with {step.kind!r}, which runs the model on a "
+                                f"batch, and no batch was given (for {needy[0].name!r})",
+                                "pass data=<batch> to initspec.apply / initspec.build (the CLI: a probe config with "
+                                "probe.data), or drop the step")
+    results = execute(model, the_plan, layout, device=device, threads=threads, progress=progress, data=data)
+    return Report(the_plan, model, time.perf_counter() - start, data_results=tuple(results))

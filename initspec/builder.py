@@ -163,12 +163,13 @@ def spec_with_model(spec: Any, model: Any) -> Any:
 
 def build(model: Any, spec: Any, *, device: Any = "cpu", empty_init: bool = True, seed: int | None = None,
           vars: Mapping[str, Any] | None = None, allow_fn: Iterable[str] = (), threads: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> Built:
+          progress: Callable[[int, int], None] | None = None, data: Any = None) -> Built:
     """Instantiate ``model`` (a ``_target_`` config, a factory or a module), initialize it by ``spec``.
 
     Returns ``(model, report)``. ``empty_init`` skips PyTorch's default
     initialization (no double init). A spec given as a path, preset name or
     dict resolves ``${model.*}`` interpolations against a model config.
+    ``data`` is the batch of data-dependent steps (``lsuv``), as in :func:`initspec.apply`.
     """
     from .api import apply
     device = checked_device(device)
@@ -179,5 +180,5 @@ def build(model: Any, spec: Any, *, device: Any = "cpu", empty_init: bool = True
         else:
             module = instantiate(model)
     report = apply(module, spec_with_model(spec, model), seed=seed, device=device, vars=vars,
-                   allow_fn=allow_fn, threads=threads, progress=progress)
+                   allow_fn=allow_fn, threads=threads, progress=progress, data=data)
     return Built(module, report)

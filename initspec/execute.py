@@ -26,7 +26,7 @@ from torch import nn
 from .errors import InitSpecError, Problem
 from .fill import StepFailed, Task, fill_tasks, run_tasks
 from .parts import part_region
-from .primitives import RNG_LOCK, Op, reads_values, starts_custom
+from .primitives import RNG_LOCK, DataPass, DataTarget, Op, Primitive, fill_ops, reads_values, starts_custom
 from .results import Entry, Layout, Plan
 from .sharding import LocalShapes, Region, ShardedMaterializer, fsdp_modules, is_dtensor, is_meta, region_of
 from .slots import Undo, keep_registrations, keep_values, live, put
@@ -36,8 +36,12 @@ from .tree import TensorSlot, Tree
 
 
 def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
-            progress: Callable[[int, int], None] | None = None, threads: int | None = None) -> None:
-    """Apply ``plan`` to ``model``; on failure the model is left as it was."""
+            progress: Callable[[int, int], None] | None = None, threads: int | None = None,
+            data: Any = None) -> list[dict[str, Any]]:
+    """Apply ``plan`` to ``model``; on failure the model is left as it was.
+
+    ``data`` is the batch of data-dependent steps (``lsuv``); returns what their data passes report.
+    """
     threads = threads or default_threads()
     undo = Undo()
     shapes = LocalShapes()
@@ -47,6 +51,11 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
         _materialize(layout, plan.entries, device, undo)
         _resets(plan, layout, undo)
         staged = _stage(plan, layout, threads, fresh, shapes)
+        targets = data_targets(plan, layout)
+        if targets:   # a data pass can still fail after the fill: keep what the fill overwrites
+            for entry in plan.entries:
+                if entry.action == "fill" and entry.name not in fresh:
+                    keep_values(live(layout.head(entry.name)), undo)
         for group in plan.ties:
             group.make(layout.tree, undo)
         waves: list[list[Task]] = []   # wave 0: whole tensors; wave k: the k-th part of each tensor
@@ -61,9 +70,29 @@ def execute(model: nn.Module, plan: Plan, layout: Layout, *, device: Any = None,
                                                name=fill.name)
         with torch.no_grad():
             run_waves(waves, threads, progress)
+        return run_data_passes(model, plan, targets, data)
     except BaseException:
         undo.rollback()
         raise
+
+
+def data_targets(plan: Plan, layout: Layout) -> dict[Primitive, list[DataTarget]]:
+    """The tensors whose pipeline ends with a data-dependent op, by its primitive."""
+    out: dict[Primitive, list[DataTarget]] = {}
+    for entry in plan.entries:
+        if entry.action == "fill" and entry.ops and entry.ops[-1].primitive.data_pass is not None:
+            slot = layout.head(entry.name)
+            out.setdefault(entry.ops[-1].primitive, []).append(
+                DataTarget(entry.name, entry.ops[-1], slot.owner.module, slot.owner.name, slot.attr))
+    return out
+
+
+def run_data_passes(model: nn.Module, plan: Plan, targets: dict[Primitive, list[DataTarget]],
+                    batch: Any) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for primitive, found in targets.items():
+        results += primitive.data_pass(DataPass(model, batch, tuple(found), plan.seed))
+    return results
 
 
 class Fill(NamedTuple):
@@ -87,8 +116,8 @@ def fills(plan: Plan, layout: Layout, shapes: LocalShapes, fresh: set[str]) -> I
             continue
         region = region_of(live(layout.head(entry.name)), shapes)
         is_fresh = entry.name in fresh
-        if entry.action == "fill" and entry.ops:
-            yield Fill((entry.name, -1), 0, entry.name, entry.rule, entry.ops, entry.staged, region,
+        if entry.action == "fill" and fill_ops(entry.ops):
+            yield Fill((entry.name, -1), 0, entry.name, entry.rule, fill_ops(entry.ops), entry.staged, region,
                        stream_of(plan, entry.name, region.local.device), is_fresh)
         for index, part_fill in enumerate(entry.parts):
             piece = part_region(region, part_fill.part)

@@ -294,6 +294,9 @@ class Decider:
             for piece in cut_pieces:
                 part_ops, part_problems = self._resolve(r, head, piece.shape_in(key.shape), key.dtype)
                 problems += part_problems
+                problems += [Problem(o.origin, f"{o.kind!r} runs on whole tensors, not on a part",
+                                     "drop part: from this rule, or the data-dependent step from its pipeline")
+                             for o in part_ops if o.primitive.data_pass is not None]
                 shape = piece.shape_in(key.shape)
                 fills.append(PartFill(piece, rule_name, part_ops, expected_std(part_ops, shape),
                                       needs_staging(part_ops, key.dtype) if part_ops else False))
@@ -332,6 +335,10 @@ class Decider:
             else:
                 ops += [dataclasses.replace(o, origin=path) for o in result]
         final = exclusive if exclusive is not None else tuple(ops)
+        late = [o for o in final[:-1] if o.primitive.data_pass is not None]
+        if late:
+            return (), [Problem(late[0].origin, f"{late[0].kind!r} needs the filled model and a batch, so it must be "
+                                "the last step of its pipeline", f"move {late[0].kind} to the end of the pipeline")]
         if not final:
             return (), [Problem(f"{ROOT}.rules.{rule_name}.init", f"no step of rule {rule_name!r} has anything to "
                                 f"write into {head.name!r}", "add a step that fills it (e.g. after a checkpoint "

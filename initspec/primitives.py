@@ -19,7 +19,10 @@ primitive states in one place everything planning and execution need:
   the interval before (None: unknown). Proves at plan time that a pipeline
   cannot produce inf/NaN;
 * ``std(op, before, shape)``: the std the values have afterwards, when the
-  formula knows it (the report compares it with the measured std).
+  formula knows it (the report compares it with the measured std);
+* ``data_pass(batch_pass)``: for a data-dependent primitive (``lsuv``), what runs
+  once every tensor is filled, with the caller's batch; it must be the last op of
+  its pipeline, and ``fill`` is not called for it.
 
 The planner and the executor ask the primitive; they never switch on its name.
 """
@@ -87,6 +90,7 @@ class Primitive:
     bounds: Callable[[Op, Interval | None], Interval | None] = _unknown_bounds
     std: Callable[[Op, float | None, tuple[int, ...]], float | None] = _unknown_std
     example: Mapping[str, Any] = field(default_factory=dict)   # arguments for the partial-draw self-check
+    data_pass: Callable[[DataPass], list[dict[str, Any]]] | None = None
 
     def op(self, label: str | None = None, **args: Any) -> Op:
         """This primitive with concrete arguments; ``label`` is how plans show it."""
@@ -94,6 +98,32 @@ class Primitive:
             inner = ", ".join(f"{k}={_fmt(v)}" for k, v in args.items())
             label = f"{self.name}({inner})" if inner else self.name
         return Op(self, args, label)
+
+
+@dataclass(frozen=True)
+class DataTarget:
+    """A tensor whose pipeline ends with a data-dependent op."""
+
+    name: str               # the entry's canonical name
+    op: Op
+    module: Any             # the nn.Module that owns it
+    module_name: str
+    attr: str               # its key in module._parameters
+
+
+@dataclass(frozen=True)
+class DataPass:
+    """What a data-dependent primitive's ``data_pass`` gets: the filled model, the batch, its targets."""
+
+    model: Any
+    batch: Any
+    targets: tuple[DataTarget, ...]
+    seed: int
+
+
+def fill_ops(ops: tuple[Op, ...]) -> tuple[Op, ...]:
+    """The ops the executor fills with (a data-dependent op runs later, in its data pass)."""
+    return tuple(o for o in ops if o.primitive.data_pass is None)
 
 
 @dataclass(frozen=True, eq=False)

@@ -91,9 +91,22 @@ def render_report(report: Any, width: int | None = None) -> str:
                           _num(f.expected_std), *_measured(stats.get(f.part.key(e.name))))
     console = _console(width)
     console.print(table)
+    if report.data_results:
+        console.print(_data_table(report.data_results))
     for line in _footer(plan):
         console.print(line)
     return console.file.getvalue()
+
+
+def _data_table(results: tuple[dict[str, Any], ...]) -> Table:
+    """What data-dependent steps measured, one row per result (columns from the results' keys)."""
+    columns = list(dict.fromkeys(k for row in results for k in row))
+    table = Table(title="data-dependent steps")
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in results:
+        table.add_row(*(_num(v) if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)))
+    return table
 
 
 def _measured(s: Any) -> tuple[str, ...]:

@@ -67,6 +67,7 @@ class Report:
     plan: Plan
     model: nn.Module = field(repr=False)
     seconds: float = 0.0
+    data_results: tuple[dict[str, Any], ...] = ()   # what data-dependent steps measured (lsuv: per layer)
     _stats: dict[str, Stats | None] | None = field(default=None, repr=False)
 
     @property
@@ -121,6 +122,8 @@ class Report:
                 s = self.stats.get(key)
                 part["stats"] = None if s is None else s.__dict__
         data["seconds"] = self.seconds
+        if self.data_results:
+            data["data_results"] = list(self.data_results)
         return data
 
     def to_json(self) -> str:

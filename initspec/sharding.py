@@ -123,6 +123,13 @@ def _fsdp_params(modules: Iterable[nn.Module]) -> Iterator[Any]:
             yield from group.fsdp_params
 
 
+def reshard_after_forward(model: nn.Module) -> None:
+    """Put every FSDP2 module of ``model`` back to its sharded parameters (FSDP2 may keep the
+    root's unsharded after a forward pass without backward); no-op without FSDP2."""
+    for module in fsdp_modules(model.modules()):
+        module.reshard()
+
+
 def refresh_fsdp(modules: Iterable[nn.Module]) -> None:
     """Let FSDP2 re-read its sharded parameters after their storage changed (what FSDP2's own
     ``Module._apply`` hook does after ``to_empty``); shards already in FSDP2's padded

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import catalog  # noqa: F401  (registers the built-in steps)
+from . import catalog, lsuv  # noqa: F401  (register the built-in steps)
 from .errors import InitSpecError, Problem, StepArgError, raise_all, suggest
 from .steps import REQUIRED, STEPS, check_value
 
