@@ -24,10 +24,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
 import torch
 from torch import nn
 
 FN = __name__   # allow_fn=[FN] lets a spec name f"{FN}.boom" and f"{FN}.nan_fill"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A multiprocess test is a slow test too: -m "not slow" runs no test that starts a process."""
+    for item in items:
+        if item.get_closest_marker("multiprocess") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
 
 
 def boom(tensor: torch.Tensor, **kwargs) -> None:

@@ -316,7 +316,9 @@ def _shards(full: torch.Tensor, world: int, dim: int = 0) -> list[torch.Tensor]:
     return list(torch.chunk(full, world, dim=dim))
 
 
-@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda w: f"world{w}")
+# every test that reads `run` is marked multiprocess through these params (world 1 is one spawned rank)
+@pytest.fixture(scope="module", params=[pytest.param(w, marks=pytest.mark.multiprocess) for w in (1, 2, 4)],
+                ids=lambda w: f"world{w}")
 def run(request, tmp_path_factory):
     world = request.param
     tmp = tmp_path_factory.mktemp(f"world{world}")
@@ -472,6 +474,7 @@ def test_spawn_time_bounded(run):
 
 # ------------------------------------------------------------------ the example launcher
 
+@pytest.mark.multiprocess
 def test_fsdp_train_example_under_torchrun(tmp_path):
     seed = tmp_path / "init.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
