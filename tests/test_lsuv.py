@@ -1,21 +1,13 @@
 """The lsuv step: layer-sequential unit variance from a batch, through the public API."""
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import time
-import traceback
-from pathlib import Path
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 import initspec
 from initspec import InitSpecError
-from conftest import assert_unchanged, snapshot
+from conftest import assert_unchanged, shard, snapshot, spawn_ranks
 
 TOL = 0.02
 SPEC = {"rules": {
@@ -109,49 +101,21 @@ def test_lsuv_must_end_its_pipeline_and_cannot_run_on_a_part():
 
 # ------------------------------------------------------------------- FSDP2, 2 ranks
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-        mesh = init_device_mesh("cpu", (world,))
-        with torch.device("meta"):
-            model = mlp(nn.Tanh, depth=4)
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        batch = torch.randn(64, 64, generator=torch.Generator().manual_seed(100 + rank))   # each rank its own
-        report = initspec.apply(model, SPEC, device="cpu", data=batch)
-        weights = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
-        torch.save({"results": report.data_results, "weights": weights}, Path(out) / f"rank{rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
+def _lsuv_on_fsdp2(rank: int, world: int) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh("cpu", (world,))
+    with torch.device("meta"):
+        model = mlp(nn.Tanh, depth=4)
+    shard(model, mesh, *(layer for layer in model if isinstance(layer, nn.Linear)))
+    batch = torch.randn(64, 64, generator=torch.Generator().manual_seed(100 + rank))   # each rank its own
+    report = initspec.apply(model, SPEC, device="cpu", data=batch)
+    return {"results": report.data_results,
+            "weights": {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}}
 
 
 @pytest.mark.multiprocess
 def test_two_fsdp2_ranks_apply_the_same_scales(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 90
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = [f.read_text() for f in tmp_path.glob("rank*.err")]
-    assert not errors, errors[0]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = spawn_ranks(_lsuv_on_fsdp2, 2, tmp_path, timeout=90)
     assert ranks[0]["results"] == ranks[1]["results"]          # the same pooled stds, so the same scales
     assert all(r["converged"] for r in ranks[0]["results"]) and len(ranks[0]["results"]) == 4
     for name, w in ranks[0]["weights"].items():

@@ -5,19 +5,12 @@ must be bitwise what one process gets with the same spec and seed, for 2 and 4 r
 """
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import time
-import traceback
-from pathlib import Path
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 import initspec
+from conftest import spawn_ranks
 
 pytestmark = pytest.mark.multiprocess
 TIMEOUT = {2: 90, 4: 120}   # seconds per spawn
@@ -47,61 +40,27 @@ SPEC = {"seed": 9, "vars": {"n_heads": 8, "n_kv_heads": 2, "head_dim": 8}, "rule
 TP_PLACEMENTS = {"lstm.weight_hh_l0": "S1", "lstm.bias_ih_l0": "R", "wqkv.weight": "S1", "c_attn": "S0"}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    try:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        import torch.distributed as dist
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
-        mesh = init_device_mesh("cpu", (world,))
-        result = {}
-        with torch.device("meta"):
-            model = Gated()
-        fully_shard(model, mesh=mesh)
-        initspec.apply(model, SPEC, device="cpu")
-        result["fsdp"] = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
-        result["fsdp_local_rows"] = {n: p.to_local().shape[0] for n, p in model.named_parameters()}
-        tp = Gated()
-        for name, param in list(tp.named_parameters()):
-            placement = {"S0": Shard(0), "S1": Shard(1), "R": Replicate()}[TP_PLACEMENTS.get(name, "R")]
-            owner, _, attr = name.rpartition(".")
-            module = tp.get_submodule(owner) if owner else tp
-            setattr(module, attr, nn.Parameter(distribute_tensor(param.detach(), mesh, [placement])))
-        initspec.apply(tp, SPEC)
-        result["tp"] = {n: p.full_tensor().detach().clone() for n, p in tp.named_parameters()}
-        torch.save(result, Path(out) / f"rank{rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
-    except BaseException:
-        (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(world: int, out: Path) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, str(out))) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT[world]
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    errors = [f.read_text() for f in sorted(out.glob("rank*.err"))]
-    assert not errors, errors[0]
-    assert not alive, f"{len(alive)} rank(s) still running after {TIMEOUT[world]} s"
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+def _scenarios(rank: int, world: int) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (world,))
+    result = {}
+    with torch.device("meta"):
+        model = Gated()
+    fully_shard(model, mesh=mesh)
+    initspec.apply(model, SPEC, device="cpu")
+    result["fsdp"] = {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}
+    result["fsdp_local_rows"] = {n: p.to_local().shape[0] for n, p in model.named_parameters()}
+    tp = Gated()
+    for name, param in list(tp.named_parameters()):
+        placement = {"S0": Shard(0), "S1": Shard(1), "R": Replicate()}[TP_PLACEMENTS.get(name, "R")]
+        owner, _, attr = name.rpartition(".")
+        module = tp.get_submodule(owner) if owner else tp
+        setattr(module, attr, nn.Parameter(distribute_tensor(param.detach(), mesh, [placement])))
+    initspec.apply(tp, SPEC)
+    result["tp"] = {n: p.full_tensor().detach().clone() for n, p in tp.named_parameters()}
+    return result
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -111,7 +70,7 @@ def test_part_rules_on_shards_equal_one_process(world, tmp_path):
     want = {n: p.detach() for n, p in reference.named_parameters()}
     assert torch.equal(want["c_attn"][:, :50], torch.zeros(3001, 50))        # the parts really applied
     assert torch.equal(want["lstm.bias_ih_l0"][36:72], torch.ones(36))
-    ranks = spawn(world, tmp_path)
+    ranks = spawn_ranks(_scenarios, world, tmp_path, timeout=TIMEOUT[world])
     for what in ("fsdp", "tp"):
         got = ranks[0][what]
         bad = [n for n in want if not torch.equal(got[n], want[n])]
