@@ -390,13 +390,6 @@ def test_refused_pickle_ran_nothing(files):
 
 # ------------------------------------------------------- the near misses
 
-def test_uniform_with_a_equal_b_is_a_constant():
-    model = net()
-    initspec.apply(model, w({"name": "uniform", "a": 0.25, "b": 0.25}))
-    for layer in model.body:
-        assert torch.equal(layer.weight, torch.full_like(layer.weight, 0.25))
-
-
 def test_quoted_off_is_a_valid_rule_name(tmp_path):
     path = tmp_path / "quoted.yaml"
     path.write_text("rules:\n  'off':\n    match: 'body.*.bias'\n    init: zeros\n")

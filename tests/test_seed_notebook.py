@@ -17,8 +17,6 @@ def test_cell1_names_and_shapes():
     assert [(e.name, e.shape) for e in plan.entries] == [
         ("0.weight", (3, 4)), ("0.bias", (3,)), ("2.weight", (1, 3)), ("2.bias", (1,))]
     assert [type(m).__name__ for m in net] == ["Linear", "ReLU", "Linear"]
-    # net[0].named_parameters(): weight then bias, both Parameters
-    assert [(n, type(p)) for n, p in net[0].named_parameters()] == [("weight", nn.Parameter), ("bias", nn.Parameter)]
 
 
 def test_cell1_mymodel_lists_only_weight1_and_warns_about_weight2():
@@ -31,19 +29,6 @@ def test_cell1_mymodel_lists_only_weight1_and_warns_about_weight2():
     assert "weight2" in report.explain()
     assert torch.count_nonzero(model.weight1) == 0
     assert torch.count_nonzero(model.weight2) > 0  # a plain tensor attribute: initspec cannot see it
-
-
-def test_cell1_gradients_after_backward():
-    net = mlp()
-    initspec.apply(net, "seed_normal", seed=3)
-    x = torch.rand(2, 4)
-    w0 = list(net[0].named_parameters())[0][1]
-    assert w0.grad is None
-    net(x).sum().backward()
-    # dY/dW0 = (w2 * relu'(h))^T x summed over the batch
-    h = x @ net[0].weight.T + net[0].bias
-    expected = torch.einsum("bj,bi->ji", (h > 0).float() * net[2].weight, x)
-    assert torch.allclose(w0.grad, expected)
 
 
 def test_cell2_weights_normal_001_biases_zero():
@@ -86,10 +71,6 @@ def test_cell4_shared_layer():
     assert net[0] is net[1] and net[0].weight is net[1].weight
     assert [n for n, _ in net.named_parameters()] == ["0.weight"]
     assert float(net[0].weight) == 3.0
-    y = net(torch.ones(1, 1)).sum()
-    assert float(y) == 9.0
-    y.backward()
-    assert float(net[0].weight.grad) == 6.0
 
 
 @pytest.mark.parametrize("preset", ["seed_normal", "seed_custom", "seed_shared"])

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -180,12 +179,10 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
         wide = Wide()
     shard(wide, mesh, wide.big)
     ids = {n: id(p) for n, p in wide.named_parameters()}
-    start = time.perf_counter()
     with spy(streams.Stream, "generator", lambda self, step, chunk: (self.name, step, chunk)) as drawn, \
             spy(sources, "read_rows", lambda o, r0, r1: (o["key"], r0, r1)) as reads, _fsdp_resets() as resets:
         initspec.apply(wide, wide_spec(files["src"]), device="cpu", allow_fn=["test_sharded"])
     out["wide_resets"] = resets
-    out["wide_seconds"] = time.perf_counter() - start
     out["wide_same_objects"] = all(id(p) == ids[n] for n, p in wide.named_parameters())
     out["wide_local_rows"] = {n: (p.to_local().shape[0], p.shape[0]) for n, p in wide.named_parameters()}
     out["drawn"], out["reads"] = drawn, reads
@@ -207,12 +204,8 @@ def _scenarios(rank: int, world: int, files: dict) -> dict:
         out[label] = values(tp)
         out[label + "_local"] = {n: tuple(p.to_local().shape) for n, p in tp.named_parameters()}
 
-    # The CPU-mesh flaw: every rank seeded alike (as launchers do), then a DTensor's own normal_()
-    plain = distribute_tensor(torch.zeros(FLAW_SHAPE), mesh, [Shard(0)])
-    torch.manual_seed(0)
-    with torch.no_grad():
-        plain.normal_()
-    out["flaw_plain"] = plain.full_tensor()
+    # The CPU-mesh flaw: every rank seeded alike (as launchers do); a DTensor's own normal_() gives every
+    # shard the same values there, initspec each shard its part of the one-process tensor
     holder = nn.Module()
     with torch.device("meta"):
         holder.w = nn.Parameter(torch.empty(FLAW_SHAPE))
@@ -323,9 +316,8 @@ def run(request, tmp_path_factory):
     world = request.param
     tmp = tmp_path_factory.mktemp(f"world{world}")
     files = _files(tmp)
-    start = time.perf_counter()
     results = spawn_ranks(_scenarios, world, tmp, files, timeout=TIMEOUT[world])
-    return {"world": world, "files": files, "ranks": results, "seconds": time.perf_counter() - start}
+    return {"world": world, "files": files, "ranks": results}
 
 
 def test_fsdp2_shard0_equals_single_process(run):
@@ -385,16 +377,16 @@ def test_tensor_parallel_shard1_and_replicate_equal_single_process(run):
 
 
 def test_cpu_mesh_flaw_of_plain_normal_is_fixed(run):
+    """Ranks seeded alike (a DTensor's own normal_() on a CPU mesh then repeats one shard on every rank):
+    initspec gives each rank its part of the one-process tensor."""
     world, rank0 = run["world"], run["ranks"][0]
     with torch.device("meta"):
         holder = nn.Module()
         holder.w = nn.Parameter(torch.empty(FLAW_SHAPE))
     want = _reference(holder, {"seed": 0, "rules": {"w": {"match": "w", "init": "normal"}}})["w"]
     assert torch.equal(rank0["flaw_initspec"], want)
-    plain, ours = _shards(rank0["flaw_plain"], world), _shards(rank0["flaw_initspec"], world)
+    ours = _shards(rank0["flaw_initspec"], world)
     for i in range(1, world):
-        assert torch.equal(plain[i], plain[0]), "torch's DTensor normal_ on a CPU mesh no longer repeats shards"
-        assert not torch.equal(ours[i], ours[0])
         assert not torch.equal(ours[i][:10], ours[0][:10])
 
 
@@ -466,10 +458,6 @@ def test_save_checkpoint_gathers_sharded_model(run):
     with safe_open(run["files"]["saved"], framework="pt") as f:
         assert set(f.keys()) == set(want)
         assert all(torch.equal(f.get_tensor(k), want[k]) for k in want)
-
-
-def test_spawn_time_bounded(run):
-    assert run["seconds"] < TIMEOUT[run["world"]]
 
 
 # ------------------------------------------------------------------ the example launcher
