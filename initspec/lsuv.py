@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import InitSpecError, StepArgError
 from .primitives import RNG_LOCK, Block, DataPass, DataTarget, Op, Primitive
+from .probe import first_tensor, forward_order, run_model
 from .sharding import is_dtensor, local_tensor, reshard_after_forward
 from .steps import Arg, builtin_step, number
 from .streams import stream_seed
@@ -33,35 +34,6 @@ from .tensor_info import TensorInfo
 
 def _leave_values(out: torch.Tensor, op: Op, block: Block) -> None:
     """Nothing while filling: LSUV scales in its data pass."""
-
-
-def run_model(model: nn.Module, batch: Any) -> Any:
-    """``model(batch)``; a tuple or list is passed as positional arguments, a dict as keywords."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
-def first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor a module returned (the first one of a tuple, a list or a dict)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    return next((t for t in (first_tensor(i) for i in items) if t is not None), None)
-
-
-def forward_order(model: nn.Module, batch: Any, modules: list[nn.Module]) -> list[nn.Module]:
-    """``modules`` in the order a forward pass first calls them (never-called ones left out)."""
-    seen: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(m) if m not in seen else None) for m in modules]
-    try:
-        run_model(model, batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return seen
 
 
 def output_std(model: nn.Module, batch: Any, module: nn.Module, sharded: bool) -> float:

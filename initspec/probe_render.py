@@ -1,0 +1,161 @@
+"""Tables (rich, as plain text) and figures (matplotlib, no pyplot state) of probes and coordinate checks.
+
+A leaf module like :mod:`initspec.render`: it reads the fields of
+:class:`~initspec.probe.ProbeResult` and :class:`~initspec.coordcheck.CoordCheck`
+objects and imports neither. matplotlib is imported only by the plot functions.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import InitSpecError
+
+MAX_LEGEND = 10   # more lines than this: one colour and one legend entry per module type
+
+
+def text_of(*renderables: Any, width: int | None = None) -> str:
+    console = Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
+                      highlight=False, soft_wrap=False)
+    for item in renderables:
+        console.print(item)
+    return console.file.getvalue()
+
+
+def number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def probe_table(result: Any, width: int | None = None) -> str:
+    """One row per module in forward order; with gradients, a row per parameter under its module."""
+    loss = "" if result.loss is None else f", loss {result.loss:.4g}"
+    table = Table(title=f"initspec probe ({len(result.modules)} modules in forward order{loss})")
+    columns = ["#", "module", "type", "calls", "mean", "std", "rms", "zeros"]
+    if result.params:
+        columns += ["grad std", "|grad|/|w|"]
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column not in ("module", "type") else "left")
+    params: dict[str, list[Any]] = {}
+    for p in result.params:
+        params.setdefault(p.module, []).append(p)
+    for m in result.modules:
+        cells = [str(m.index), m.name or "(model)", m.type, str(m.calls), number(m.mean), number(m.std),
+                 number(m.rms), f"{100 * m.zero_fraction:.1f}%"]
+        table.add_row(*cells, *(["", ""] if result.params else []))
+        for p in params.pop(m.name, []):
+            table.add_row("", "  ." + p.name.rpartition(".")[2], "", "", "", "", "", "", number(p.grad_std),
+                          number(p.grad_to_weight))
+    for rest in params.values():          # parameters of modules that never ran
+        for p in rest:
+            table.add_row("", p.name, "(not called)", "", "", "", "", "", number(p.grad_std),
+                          number(p.grad_to_weight))
+    return text_of(table, width=width)
+
+
+def coord_table(check: Any, width: int | None = None) -> str:
+    """Slopes of log RMS vs log width per layer and per layer type at each step, then the verdict."""
+    steps = [f"step {s}" for s in check.steps]
+    layers = Table(title=f"coordinate check: slope of log RMS vs log {check.key} "
+                         f"({', '.join(f'{w:g}' for w in check.widths)})")
+    for column in ("module", "type", *steps):
+        layers.add_column(column, justify="right" if column.startswith("step") else "left")
+    per_module: dict[str, list[Any]] = {}
+    for s in check.slopes:
+        per_module.setdefault(s.module, []).append(s)
+    for module, rows in per_module.items():
+        layers.add_row(module or "(model)", rows[0].type, *(signed(r.slope) for r in rows))
+    types = Table(title="per layer type (the slope farthest from 0)")
+    for column in ("type", *steps):
+        types.add_column(column, justify="right" if column.startswith("step") else "left")
+    for kind, at in check.by_type().items():
+        types.add_row(kind, *(signed(at[s]) for s in check.steps))
+    return text_of(layers, types, check.verdict(), width=width)
+
+
+def signed(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:+.3f}"
+
+
+# ------------------------------------------------------------------ figures
+
+def plot_probe(result: Any, path: str) -> None:
+    """Activation std (left) and gradient std (right) against depth (forward order), one line per module
+    type; gradients one line per module type and parameter (``Linear.weight``, ``Linear.bias``)."""
+    panels = 2 if result.params else 1
+    fig, axes = figure(1, panels, figsize=(6.5 * panels, 4.2))
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for m in result.modules:
+        lines.setdefault(m.type, []).append((m.index, m.std))
+    draw(axes[0][0], lines, "depth (module in forward order)", "activation std", "activations")
+    if result.params:
+        where = {m.name: m for m in result.modules}
+        grads: dict[str, list[tuple[int, float]]] = {}
+        for p in result.params:
+            if p.grad_std is not None and p.module in where:
+                owner = where[p.module]
+                grads.setdefault(f"{owner.type}.{p.name.rpartition('.')[2]}", []).append((owner.index, p.grad_std))
+        draw(axes[0][1], grads, "depth (owner module in forward order)", "gradient std", "gradients")
+    save(fig, path)
+
+
+def plot_coord_check(check: Any, path: str) -> None:
+    """The µP coordinate-check figure: per-layer activation RMS against width (log-log), one panel per step."""
+    fig, axes = figure(1, len(check.steps), figsize=(4.2 * len(check.steps), 4.0), sharey=True)
+    modules = list(dict.fromkeys((r.module, r.type) for r in check.rms))
+    by_type = len(modules) > MAX_LEGEND
+    kinds = list(dict.fromkeys(kind for _, kind in modules))
+    from matplotlib import colormaps
+    colours = colormaps["tab10"]
+    for ax, step in zip(axes[0], check.steps):
+        labelled = set()
+        for i, (module, kind) in enumerate(modules):
+            points = [(r.width, r.rms) for r in check.rms if r.step == step and r.module == module and r.rms > 0]
+            if not points:
+                continue
+            label = kind if by_type else f"{module or '(model)'} ({kind})"
+            colour = colours(kinds.index(kind) % 10 if by_type else i % 10)
+            ax.plot(*zip(*points), marker="o", markersize=3, color=colour,
+                    label=None if label in labelled else label)
+            labelled.add(label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"step {step}", fontsize=10)
+        ax.set_xlabel(check.key)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("activation RMS")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(check.verdict().removeprefix("verdict: "), fontsize=9)
+    save(fig, path)
+
+
+def draw(ax: Any, lines: dict[str, list[tuple[int, float]]], xlabel: str, ylabel: str, title: str) -> None:
+    for label, points in lines.items():
+        points = [(x, y) for x, y in points if y > 0]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if lines:
+        ax.legend(fontsize=7, loc="best")
+
+
+def figure(rows: int, cols: int, **options: Any) -> tuple[Any, Any]:
+    """A matplotlib Figure and its axes grid, made without pyplot (no global figure manager or backend
+    switch: saving a .png goes through the Agg canvas)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=options.pop("figsize"))
+    return fig, fig.subplots(rows, cols, squeeze=False, **options)
+
+
+def save(fig: Any, path: str) -> None:
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as exc:   # unwritable path, unknown image format
+        raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
