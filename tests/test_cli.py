@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from initspec import preset_names
 from initspec.cli import Progress, main
-from initspec.load import preset_names
 from conftest import table_row as row
 
 TIMEOUT = 180

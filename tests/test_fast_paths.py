@@ -160,7 +160,6 @@ def test_patternset_equals_naive_on_digit_heavy_names(seed):
 
 from initspec.fill import rows_exact, run_block, run_rows   # noqa: E402
 from initspec.primitives import CONSTANT, NORMAL, PADDING_ZERO, SCALE, TRUNC_NORMAL, UNIFORM, ZERO_BELOW   # noqa: E402
-from initspec.results import Entry, Plan   # noqa: E402
 from initspec.streams import Stream, rows_per_chunk   # noqa: E402
 
 PIPELINES = [
@@ -194,8 +193,12 @@ def test_rows_of_a_chunk_equal_the_whole_chunk(ops, rows, width):
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_row_shards_equal_slices_of_the_whole_fill(shape, ranks):
     """What each FSDP2 Shard(0) rank fills (here without processes) is its slice of the whole."""
-    entry = Entry("w", (), "parameter", shape, "float32", "fill", "r", PIPELINES[1])
-    plan = Plan(seed=1, streams="portable", entries=(entry,), ties=(), resets=(), rules=())
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.empty(shape, device="meta"))
+    plan = initspec.plan(holder, {"seed": 1, "streams": "portable", "rules": {"w": {"match": "w", "init": [
+        {"name": "normal", "mean": 1.0, "std": 2.0}, {"name": "scale", "by": 3.0}]}}})
+    ops = plan.entry("w").ops
+    assert [(o.kind, o.args) for o in ops] == [(o.kind, o.args) for o in PIPELINES[1]]
     whole = fill_region(plan, "w", torch.empty(shape), (0,) * len(shape), shape)
     step = -(-shape[0] // ranks)
     assert rows_per_chunk(shape) % step and step % rows_per_chunk(shape), "the shards must cut chunks"
@@ -203,7 +206,7 @@ def test_row_shards_equal_slices_of_the_whole_fill(shape, ranks):
         local = torch.empty((min(step, shape[0] - r0), *shape[1:]))
         fill_region(plan, "w", local, (r0,) + (0,) * (len(shape) - 1), shape, threads=2)
         assert torch.equal(local, whole[r0:r0 + step])
-    assert rows_exact(PIPELINES[1], torch.float32, torch.device("cpu"))
+    assert rows_exact(ops, torch.float32, torch.device("cpu"))
 
 
 def test_planning_leaves_no_reference_cycles():

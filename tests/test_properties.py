@@ -198,6 +198,24 @@ def tie_pairs(model: nn.Module) -> list[list[str]]:
 
 # ------------------------------------------------------------- the checks
 
+def tied_names(model: nn.Module, plan: initspec.Plan) -> set[str]:
+    """Every tensor name a tie of ``plan`` replaced (read on the tied model). A tie sets one attribute of the
+    target's parent module, so every name that reaches that module object sees the change: a parameter tie
+    the parameter under each such name, a module tie every tensor below each."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names = tensors_of(model)
+    out = set()
+    for group in plan.ties:
+        for target in group.targets:
+            parent, _, attr = target.rpartition(".")
+            reach = {f"{n}.{attr}" if n else attr for n, m in modules.items() if m is modules[parent]}
+            if group.kind == "parameter":
+                out |= reach - {group.source}
+            else:
+                out |= {n for n in names for r in reach if n.startswith(r + ".")}
+    return out
+
+
 def check_values(entry, tensor: torch.Tensor) -> None:
     """Values consistent with the entry's pipeline: constants exact, samplers within bounds."""
     t = tensor.detach().double()
@@ -245,7 +263,7 @@ def test_apply_either_satisfies_the_plan_or_changes_nothing(case):
             else:
                 assert live[target] is live[group.source]
 
-    tied = {n for g in plan.ties for n in g.tensor_map(initspec.tree.walk(model))} if plan.ties else set()
+    tied = tied_names(model, plan)
     for entry in plan.entries:
         tensor = live[entry.name]
         assert not tensor.is_meta, f"{entry.name} left on the meta device"
