@@ -9,6 +9,7 @@ from .api import apply, load_spec, plan
 from .builder import build, meta_parameters
 from .errors import InitSpecError, Problem, StepArgError
 from .export import load_checkpoint, save_checkpoint
+from .infer import Inferred, infer
 from .load import preset_names
 from .primitives import Op, Primitive
 from .report import Report, Stats
@@ -22,6 +23,14 @@ __all__ = [
     "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "StepArgError",
     "register_step", "unregister_step", "Arg", "Primitive", "Op", "TensorInfo", "save_checkpoint",
     "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry", "RuleSummary", "Report", "Stats",
-    "TieGroup", "STEPS", "preset_names",
+    "TieGroup", "STEPS", "preset_names", "infer", "Inferred",
 ]
 __version__ = "0.1.0"
+LAUNCHERS = ("hf", "lightning")   # initspec.hf, initspec.lightning: loaded on first use, so their extras stay optional
+
+
+def __getattr__(name: str):
+    if name in LAUNCHERS:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
