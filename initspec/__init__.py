@@ -26,3 +26,11 @@ __all__ = [
     "TieGroup", "STEPS", "preset_names", "infer", "Inferred",
 ]
 __version__ = "0.1.0"
+LAUNCHERS = ("hf", "lightning")   # initspec.hf, initspec.lightning: loaded on first use, so their extras stay optional
+
+
+def __getattr__(name: str):
+    if name in LAUNCHERS:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -206,7 +206,7 @@ def test_histogram_sample_is_bounded_and_proportional():
 def test_every_shipped_model_config_checks_with_a_fitting_preset(capsys):
     from initspec.load import preset_dir
     pairs = {"seed_mlp": "seed_custom", "seed_shared": "seed_shared", "gpt_tiny": "gpt2", "gpt2_small": "gpt2",
-             "resnet_small": "kaiming_resnet"}
+             "resnet_small": "kaiming_resnet", "vit_tiny": "vit_jax", "mup_mlp": "mup"}
     shipped = sorted(p.stem for p in (preset_dir().parent / "model").glob("*.yaml"))
     assert shipped == sorted(pairs)
     for model, preset in pairs.items():

@@ -15,3 +15,4 @@ Modules here import the library, never :mod:`initspec.cli`.
 from __future__ import annotations
 
 COMMAND_MODULES: dict[str, str] = {}   # command name -> module path, e.g. "diff": "initspec.commands.diff"
+COMMAND_MODULES["probe"] = "initspec.commands.probe"
