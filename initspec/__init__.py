@@ -12,6 +12,7 @@ from .export import load_checkpoint, save_checkpoint
 from .infer import Inferred, infer
 from .load import preset_names
 from .primitives import Op, Primitive
+from .probe import ProbeResult, probe
 from .report import Report, Stats
 from .results import Entry, Plan, RuleSummary
 from .spec import Rule, Spec, Step, Tie
@@ -23,7 +24,7 @@ __all__ = [
     "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "StepArgError",
     "register_step", "unregister_step", "Arg", "Primitive", "Op", "TensorInfo", "save_checkpoint",
     "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry", "RuleSummary", "Report", "Stats",
-    "TieGroup", "STEPS", "preset_names", "infer", "Inferred",
+    "TieGroup", "STEPS", "preset_names", "infer", "Inferred", "probe", "ProbeResult",
 ]
 __version__ = "0.1.0"
 LAUNCHERS = ("hf", "lightning")   # initspec.hf, initspec.lightning: loaded on first use, so their extras stay optional
