@@ -16,7 +16,8 @@ width. The check passes (``stable``) when every slope, at every step, is within
 ``tolerance`` of 0 (default 0.2: over a 16x range of widths RMS then moves by at
 most 16^0.2 ≈ 1.7x, where a layer growing like √width moves 4x). A module that
 outputs exactly 0 at every width has slope 0; zero at some widths only, slope
-``None`` (not stable).
+``None`` (not stable). The model itself is left out: what it returns is its last
+layer's output, which has a row of its own.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def coord_check(build: Callable[[float], tuple[nn.Module, Any]], widths: Sequenc
                     opt.zero_grad(set_to_none=True)
                     loss(run_model(model, batch), batch).backward()
                     opt.step()
-            rows += [RmsRow(step, m.name, m.type, float(width), m.rms) for m in probe(model, batch, seed=seed).modules]
+            rows += [RmsRow(step, m.name, m.type, float(width), m.rms)
+                     for m in probe(model, batch, seed=seed).modules if m.name]   # the model's output is its last layer's
         del model, opt
     return CoordCheck(key, tuple(float(w) for w in widths), tuple(range(steps + 1)), tuple(rows),
                       slopes_of(rows, widths), tolerance)

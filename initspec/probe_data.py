@@ -9,11 +9,13 @@ same batch anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .errors import InitSpecError
+from .probe import first_tensor
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -48,9 +50,11 @@ def random_features(batch_size: int = 64, features: int = 3072, seed: int = 0) -
 @dataclass(frozen=True)
 class NextTokenLoss:
     """Language modelling: cross-entropy of the logits at position t against the token at t + 1,
-    ``F.cross_entropy(logits[:, :-1], tokens[:, 1:])`` averaged over every predicted position."""
+    ``F.cross_entropy(logits[:, :-1], tokens[:, 1:])`` averaged over every predicted position. The tokens
+    are the batch, or its first tensor when it is a tuple, list or dict (``{"input_ids": ...}``)."""
 
-    def __call__(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        tokens = first_tensor(batch)
         vocab = logits.shape[-1]
         return F.cross_entropy(logits[:, :-1].reshape(-1, vocab), tokens[:, 1:].reshape(-1))
 

@@ -67,7 +67,7 @@ def coord_table(check: Any, width: int | None = None) -> str:
         per_module.setdefault(s.module, []).append(s)
     for module, rows in per_module.items():
         layers.add_row(module or "(model)", rows[0].type, *(signed(r.slope) for r in rows))
-    types = Table(title="per layer type (the slope farthest from 0)")
+    types = Table(title="per layer type (largest |slope|)")
     for column in ("type", *steps):
         types.add_column(column, justify="right" if column.startswith("step") else "left")
     for kind, at in check.by_type().items():
