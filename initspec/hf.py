@@ -35,6 +35,7 @@ from .errors import InitSpecError
 from .report import Report
 from .results import Entry
 
+
 class NewRows(NamedTuple):
     """Rows ``[old, new)`` along ``dim`` of a tensor that grew; rows ``[0, old)`` were kept."""
 

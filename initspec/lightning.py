@@ -63,11 +63,11 @@ def build_once(owner: nn.Module, attr: str, model: Any, spec: Any, *, device: An
             return done.report
         raise InitSpecError("configure_model", f"self.{attr} was built by initspec already, and this call names "
                             "another model config or spec: building again would replace the model and its weights",
-                            f"build once per LightningModule (configure_model runs for fit, validate and test), or "
+                            "build once per LightningModule (configure_model runs for fit, validate and test), or "
                             f"set self.{attr} = None first to rebuild on purpose")
     if current is not None:
         raise InitSpecError("configure_model", f"self.{attr} already holds a {type(current).__name__} built "
-                            f"elsewhere (in __init__?): building it in configure_model would replace it and its weights",
+                            "elsewhere (in __init__?): building it in configure_model would replace it and its weights",
                             f"set self.{attr} = None in __init__ and let configure_model build it, "
                             "or do not call build_once for it")
     module, report = build(model, spec, device=_device(device, attr), seed=seed, vars=vars, allow_fn=allow_fn,
@@ -94,5 +94,5 @@ def _same(a: Any, b: Any) -> bool:
         return True
     try:
         return bool(a == b)
-    except Exception:       # objects whose == is elementwise or refuses: not the same config
+    except (TypeError, ValueError, RuntimeError):      # == that is elementwise or refuses: not the same
         return False

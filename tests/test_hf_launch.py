@@ -221,5 +221,6 @@ def test_a_part_rule_on_a_grown_tensor_is_refused(mlm_checkpoint):
 def test_a_model_offloaded_to_meta_is_refused():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2, device="meta"))
     with pytest.raises(initspec.InitSpecError) as err:
-        initspec.hf.init_missing(model, {"missing_keys": {"0.weight"}}, {"rules": {"w": {"match": "*", "init": "ones"}}})
+        initspec.hf.init_missing(model, {"missing_keys": {"0.weight"}},
+                                 {"rules": {"w": {"match": "*", "init": "ones"}}})
     assert err.value.paths == ("device_map",) and "'1.weight'" in str(err.value)
