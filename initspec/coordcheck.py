@@ -72,13 +72,18 @@ class CoordCheck:
         return next(s.slope for s in self.slopes if s.module == module and s.step == step)
 
     def by_type(self) -> dict[str, dict[int, float | None]]:
-        """Per module type and step, the slope farthest from 0 among its modules (None if any is None)."""
+        """Per layer type (:func:`layer_type`) and step, the slope farthest from 0 among its layers
+        (None if any is None)."""
         out: dict[str, dict[int, float | None]] = {}
         for s in self.slopes:
-            at = out.setdefault(s.type, {})
+            at = out.setdefault(layer_type(s.module, s.type), {})
             old = at.get(s.step, 0.0)
             at[s.step] = None if s.slope is None or old is None else max(old, s.slope, key=abs)
         return out
+
+    def layer_types(self) -> dict[str, str]:
+        """Every layer's :func:`layer_type`, in forward order."""
+        return {s.module: layer_type(s.module, s.type) for s in self.slopes}
 
     def worst(self) -> SlopeRow:
         return max(self.slopes, key=lambda s: math.inf if s.slope is None else abs(s.slope))
@@ -135,6 +140,12 @@ def coord_check(build: Callable[[float], tuple[nn.Module, Any]], widths: Sequenc
         del model, opt
     return CoordCheck(key, tuple(float(w) for w in widths), tuple(range(steps + 1)), tuple(rows),
                       slopes_of(rows, widths), tolerance)
+
+
+def layer_type(module: str, kind: str) -> str:
+    """A layer's name with its numeric indices as ``*``, and its class: ``hidden.* (Linear)`` for
+    ``hidden.0`` and ``hidden.1``, ``transformer.h.*.mlp.c_fc (Linear)`` for every block's."""
+    return f"{'.'.join('*' if part.isdigit() else part for part in module.split('.'))} ({kind})"
 
 
 def slopes_of(rows: Sequence[RmsRow], widths: Sequence[float]) -> tuple[SlopeRow, ...]:

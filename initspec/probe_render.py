@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .errors import InitSpecError
 
-MAX_LEGEND = 10   # more lines than this: one colour and one legend entry per module type
+MAX_LEGEND = 10   # more layers than this: one colour and one legend entry per layer type
 
 
 def text_of(*renderables: Any, width: int | None = None) -> str:
@@ -58,8 +58,9 @@ def probe_table(result: Any, width: int | None = None) -> str:
 def coord_table(check: Any, width: int | None = None) -> str:
     """Slopes of log RMS vs log width per layer and per layer type at each step, then the verdict."""
     steps = [f"step {s}" for s in check.steps]
-    layers = Table(title=f"coordinate check: slope of log RMS vs log {check.key} "
-                         f"({', '.join(f'{w:g}' for w in check.widths)})")
+    header = (f"coordinate check: slope of log RMS vs log {check.key} over "
+              f"{', '.join(f'{w:g}' for w in check.widths)}, per layer")
+    layers = Table()
     for column in ("module", "type", *steps):
         layers.add_column(column, justify="right" if column.startswith("step") else "left")
     per_module: dict[str, list[Any]] = {}
@@ -67,12 +68,12 @@ def coord_table(check: Any, width: int | None = None) -> str:
         per_module.setdefault(s.module, []).append(s)
     for module, rows in per_module.items():
         layers.add_row(module or "(model)", rows[0].type, *(signed(r.slope) for r in rows))
-    types = Table(title="per layer type (largest |slope|)")
-    for column in ("type", *steps):
+    types = Table()
+    for column in ("layer type (largest |slope|)", *steps):
         types.add_column(column, justify="right" if column.startswith("step") else "left")
     for kind, at in check.by_type().items():
         types.add_row(kind, *(signed(at[s]) for s in check.steps))
-    return text_of(layers, types, check.verdict(), width=width)
+    return text_of(header, layers, types, check.verdict(), width=width)
 
 
 def signed(x: float | None) -> str:
@@ -104,19 +105,18 @@ def plot_probe(result: Any, path: str) -> None:
 def plot_coord_check(check: Any, path: str) -> None:
     """The µP coordinate-check figure: per-layer activation RMS against width (log-log), one panel per step."""
     fig, axes = figure(1, len(check.steps), figsize=(4.2 * len(check.steps), 4.0), sharey=True)
-    modules = list(dict.fromkeys((r.module, r.type) for r in check.rms))
-    by_type = len(modules) > MAX_LEGEND
-    kinds = list(dict.fromkeys(kind for _, kind in modules))
     from matplotlib import colormaps
-    colours = colormaps["tab10"]
+    types = check.layer_types()                      # one line per layer, labelled by layer or by layer type
+    classes = {r.module: r.type for r in check.rms}
+    labels = types if len(types) > MAX_LEGEND else {m: f"{m} ({classes[m]})" for m in types}
+    colours = {label: colormaps["tab20"](i % 20) for i, label in enumerate(dict.fromkeys(labels.values()))}
     for ax, step in zip(axes[0], check.steps):
         labelled = set()
-        for i, (module, kind) in enumerate(modules):
+        for module, label in labels.items():
             points = [(r.width, r.rms) for r in check.rms if r.step == step and r.module == module and r.rms > 0]
             if not points:
                 continue
-            label = kind if by_type else f"{module or '(model)'} ({kind})"
-            colour = colours(kinds.index(kind) % 10 if by_type else i % 10)
+            colour = colours[label]
             ax.plot(*zip(*points), marker="o", markersize=3, color=colour,
                     label=None if label in labelled else label)
             labelled.add(label)
@@ -126,7 +126,7 @@ def plot_coord_check(check: Any, path: str) -> None:
         ax.set_xlabel(check.key)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("activation RMS")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))   # beside the last panel
     fig.suptitle(check.verdict().removeprefix("verdict: "), fontsize=9)
     save(fig, path)
 
@@ -156,6 +156,6 @@ def figure(rows: int, cols: int, **options: Any) -> tuple[Any, Any]:
 def save(fig: Any, path: str) -> None:
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
     except (OSError, ValueError) as exc:   # unwritable path, unknown image format
         raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
