@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .fit import REL_TOL, STD_ERRORS, TensorFit, Variant, digits_of, nice, significant
+from .fit import REL_TOL, STD_ERRORS, TensorFit, Variant, digits_of, nice, nice_at, significant
 
 TRUNC2_STD = 0.87962566103423978     # std of N(0, 1) cut at ±2: lecun_normal's constant
 SQRT3 = math.sqrt(3)
@@ -109,14 +109,15 @@ def depth_factor(depth: str, facts: TensorFacts, n_layer: int | None) -> float |
 
 def cost(family: str, formula: Formula | None, pad: bool) -> float:
     """Simpler is cheaper: a literal costs its significant digits; a fan formula its gain's cost;
-    a depth factor adds 1; then the family (normal < uniform < truncated normal)."""
+    a depth factor adds 0.5 to a literal (0.02/sqrt(2*n_layer) beats 0.0071), 1 to a fan formula;
+    then the family (normal < uniform < truncated normal)."""
     if formula is None:
         base = 4.0
     elif formula.base == "literal":
         base = float(digits_of(formula.const))
     else:
         base = GAINS[formula.const][3] + {"fan_in": 0.0, "fan_avg": 0.1, "fan_out": 0.2}[formula.base]
-    depth = 0.0 if formula is None or not formula.depth else 1.0
+    depth = 0.0 if formula is None or not formula.depth else 0.5 if formula.base == "literal" else 1.0
     return base + depth + FAMILY_COST[family] + (0.05 if pad else 0.0)
 
 
@@ -136,7 +137,7 @@ def group_random(fits: list[TensorFit], facts: list[TensorFacts], n_layer: int |
                     _add_candidates(fits, facts, n_layer, (family, mean, cutoff, pad, base, depth), candidates, covers)
     for pad in pads:
         _add_uniform_ab(fits, pad, candidates, covers)
-    return _greedy(fits, candidates, covers)
+    return _greedy(fits, facts, n_layer, candidates, covers)
 
 
 def _interval(variant: Variant, facts: TensorFacts, n_layer: int | None, base: str,
@@ -168,10 +169,10 @@ def _add_candidates(fits, facts, n_layer, key, candidates, covers) -> None:
         for _, low, high, estimate in intervals:
             low = max(low, high * 1e-3)
             for digits in (1, 2, 3):
-                found = nice(low, high, estimate, max_digits=digits)
-                if found:
-                    consts.add(found[0])
-            consts.add(significant(estimate, 4))
+                found = nice_at(low, high, estimate, digits)
+                if found is not None:
+                    consts.add(found)
+            consts.update((significant(estimate, 4), significant(estimate, 6)))   # 6 digits: always inside
     else:
         consts = set(GAINS)
     for const in sorted(consts):
@@ -201,22 +202,36 @@ def _add_uniform_ab(fits, pad, candidates, covers) -> None:
         covers.append(members)
 
 
-def pooled_fit(candidate: Candidate, estimates: list[float], sizes: list[int]) -> bool:
-    """The candidate's constant also explains the members taken together: within the pooled
-    sampling error (std / sqrt(2 N) over all N values) plus REL_TOL; for a uniform, the largest
-    value relative to its bound reaches 1 - 8 / N."""
+def pooled_error(candidate: Candidate, estimates: list[float], sizes: list[int]) -> float | None:
+    """How far the candidate's constant is from the members taken together, in pooled standard
+    errors (std / sqrt(2 N) over all N values); None when that is beyond STD_ERRORS plus REL_TOL.
+    A uniform's bound must be reached: the largest value relative to it is at least 1 - 8 / N."""
     if candidate.formula is None:
-        return True
+        return 0.0
     total, const = sum(sizes), candidate.formula.const
     if candidate.family == "uniform":
-        return max(e / const for e in estimates) >= 1 - 8 / total - REL_TOL
+        return 0.0 if max(e / const for e in estimates) >= 1 - 8 / total - REL_TOL else None
     pooled = sum(n * e for n, e in zip(sizes, estimates)) / total
-    return abs(pooled / const - 1) <= STD_ERRORS / math.sqrt(2 * total) + REL_TOL
+    error = 1 / math.sqrt(2 * total)
+    off = abs(pooled / const - 1)
+    return off / error if off <= STD_ERRORS * error + REL_TOL else None
 
 
-def _greedy(fits: list[TensorFit], candidates: list[Candidate], covers: list[dict[int, float]]) -> list[RandomGroup]:
-    """Repeatedly the candidate that explains the most remaining tensors, the cheapest among equals,
-    whose constant also fits them pooled."""
+def _eligible(candidate: Candidate, members: tuple[int, ...], facts: list[TensorFacts], n_layer: int | None,
+              literals: set[float]) -> bool:
+    """A depth factor must vary across the members, or scale a literal another rule already uses
+    (0.02 / sqrt(2 * n_layer) next to 0.02): else a literal says the same more plainly."""
+    formula = candidate.formula
+    if formula is None or not formula.depth:
+        return True
+    factors = {depth_factor(formula.depth, facts[i], n_layer) for i in members}
+    return len(factors) > 1 or (formula.base == "literal" and formula.const in literals)
+
+
+def _greedy(fits: list[TensorFit], facts: list[TensorFacts], n_layer: int | None, candidates: list[Candidate],
+            covers: list[dict[int, float]]) -> list[RandomGroup]:
+    """Repeatedly: of the candidates that explain the most remaining tensors and fit them pooled,
+    the cheapest, counting 0.25 per pooled standard error it is off."""
     random = [i for i, f in enumerate(fits) if f.kind == "random"]
     if not random or not candidates:
         return []
@@ -225,23 +240,31 @@ def _greedy(fits: list[TensorFit], candidates: list[Candidate], covers: list[dic
         matrix[row, list(covered)] = 1.0
     remaining = torch.zeros(len(fits), dtype=torch.float32)
     remaining[random] = 1.0
-    costs = torch.tensor([c.cost for c in candidates], dtype=torch.float64)
-    groups = []
+    groups: list[RandomGroup] = []
+    literals: set[float] = set()
     while remaining.sum() > 0:
-        counts = (matrix @ remaining).double()
-        if counts.max() == 0:
-            break
-        order = torch.argsort(counts * 1000 - costs, descending=True, stable=True).tolist()
-        for rank, best in enumerate(order):
-            members = tuple(int(i) for i in (matrix[best] * remaining).nonzero().flatten())
-            if not members:
-                continue
-            estimates = [covers[best][i] for i in members]
-            if pooled_fit(candidates[best], estimates, [fits[i].stats.numel for i in members]) or rank > 200:
+        counts = (matrix @ remaining).long().tolist()
+        best = None
+        for count in sorted({c for c in counts if c > 0}, reverse=True):
+            options = []
+            for row in (r for r, c in enumerate(counts) if c == count):
+                members = tuple(i for i in covers[row] if remaining[i] > 0)
+                if not _eligible(candidates[row], members, facts, n_layer, literals):
+                    continue
+                error = pooled_error(candidates[row], [covers[row][i] for i in members],
+                                     [fits[i].stats.numel for i in members])
+                if error is not None:
+                    options.append((candidates[row].cost + 0.25 * error, row, members))
+            if options:
+                best = min(options)
                 break
-        candidate = candidates[best]
-        variants = tuple(_variant_of(fits[i], candidate) for i in members)
-        groups.append(RandomGroup(candidate, members, variants))
+        if best is None:
+            break
+        _, row, members = best
+        candidate = candidates[row]
+        if candidate.formula is not None and candidate.formula.base == "literal":
+            literals.add(candidate.formula.const)
+        groups.append(RandomGroup(candidate, members, tuple(_variant_of(fits[i], candidate) for i in members)))
         remaining[list(members)] = 0.0
     return groups
 

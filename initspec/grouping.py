@@ -144,7 +144,8 @@ def _candidates(group: int, keys: list[_Key]) -> list[Selector]:
             continue
         parts = k.text.split(".")
         for i in range(1, len(parts)):
-            found[Selector("*." + ".".join(parts[i:]))] = None
+            if parts[i] != "*":                     # "*.*.ff_out.weight" reads worse than "blocks.*.ff_out.weight"
+                found[Selector("*." + ".".join(parts[i:]))] = None
         found[Selector(k.text)] = None
     leaves = {k.text.rsplit(".", 1)[-1] for k in mine}
     for pattern in ["*", *(f"*.{leaf}" for leaf in sorted(leaves))]:

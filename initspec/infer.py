@@ -364,7 +364,7 @@ def header(units: list[Unit], fits: list[TensorFit], unexplained: tuple[str, ...
     values = sum(u.tensor.numel() for u in units)
     ties = len(data.get("ties", {}))
     lines = [f"Inferred by initspec infer from {source}: {len(units)} tensors ({_amount(values)} values) "
-             f"in {len(data['rules'])} rules" + (f", {ties} tie group{'s' if ties != 1 else ''}" if ties else "") + ".",
+             f"in {len(data['rules'])} rule{'s' if len(data['rules']) != 1 else ''}" + (f", {ties} tie group{'s' if ties != 1 else ''}" if ties else "") + ".",
              "Families come from the values (extremes, moments, KS tests on samples); each formula",
              "is the simplest one within sampling error for every tensor of its rule."]
     by_name = {f.name: f for f in fits}
