@@ -7,6 +7,7 @@
 from . import distributed
 from .api import apply, load_spec, plan
 from .builder import build, meta_parameters
+from .diff import diff
 from .errors import InitSpecError, Problem, StepArgError
 from .export import load_checkpoint, save_checkpoint
 from .infer import Inferred, infer
@@ -24,7 +25,7 @@ __all__ = [
     "apply", "plan", "load_spec", "build", "meta_parameters", "InitSpecError", "Problem", "StepArgError",
     "register_step", "unregister_step", "Arg", "Primitive", "Op", "TensorInfo", "save_checkpoint",
     "load_checkpoint", "Spec", "Rule", "Step", "Tie", "Plan", "Entry", "RuleSummary", "Report", "Stats",
-    "TieGroup", "STEPS", "preset_names", "infer", "Inferred", "probe", "ProbeResult",
+    "TieGroup", "STEPS", "preset_names", "infer", "Inferred", "probe", "ProbeResult", "diff",
 ]
 __version__ = "0.1.0"
 LAUNCHERS = ("hf", "lightning")   # initspec.hf, initspec.lightning: loaded on first use, so their extras stay optional
