@@ -17,3 +17,4 @@ from __future__ import annotations
 COMMAND_MODULES: dict[str, str] = {}   # command name -> module path, e.g. "diff": "initspec.commands.diff"
 COMMAND_MODULES["probe"] = "initspec.commands.probe"
 COMMAND_MODULES["infer"] = "initspec.commands.infer"
+COMMAND_MODULES["diff"] = "initspec.commands.diff"
