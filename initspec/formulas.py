@@ -284,8 +284,9 @@ def number_text(x: float) -> str:
         if math.isclose(x, gain, rel_tol=1e-12):
             return text
     square = x * x
-    if abs(square - round(square)) < 1e-9 * square and round(square) > 1:
-        return f"sqrt({round(square)})"
+    k = round(square)
+    if abs(square - k) < 1e-9 * square and k > 1 and math.isqrt(k) ** 2 != k:
+        return f"sqrt({k})"
     return f"{x:g}" if digits_of(x) <= 6 else repr(x)
 
 
