@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .common import FRESH_MEMORY, MARK, Row
 
-BENCHMARKS = ("plan", "apply", "build", "memory", "sharded", "import")
+BENCHMARKS = ("plan", "apply", "build", "memory", "sharded", "import", "infer")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -27,8 +27,7 @@ from initspec.models.resnet import ResNet, resnet
 from initspec.models.seed import mlp, shared_net
 from initspec.models.vit import vit_tiny
 
-diff = pytest.importorskip("initspec.diff").diff
-
+diff = initspec.diff
 GEN = 20240
 
 
