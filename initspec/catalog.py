@@ -250,8 +250,13 @@ def padding_zero(t: TensorInfo) -> Op:
     idx = t.owner_attrs.get("padding_idx")
     if idx is None:
         return PADDING_ZERO.op(label="padding_zero (no padding_idx: no-op)", index=None)
+    rows = (t.whole_shape if t.part is not None else t.shape)[0]
     if idx < 0:
-        idx += t.shape[0]
+        idx += rows
+    if t.part is not None and t.part.dim == 0:   # a piece of the rows: the padding row in its coordinates
+        if not t.part.start <= idx < t.part.stop:
+            return PADDING_ZERO.op(label=f"padding_zero (row {idx} is outside this part: no-op)", index=None)
+        return PADDING_ZERO.op(label=f"padding_zero(row {idx})", index=int(idx) - t.part.start)
     return PADDING_ZERO.op(label=f"padding_zero(row {idx})", index=int(idx))
 
 

@@ -292,7 +292,8 @@ class Decider:
             cut_pieces, cut_problems = cut(rule.part, key.shape, self.variables, f"{ROOT}.rules.{rule_name}.part")
             problems += cut_problems
             for piece in cut_pieces:
-                part_ops, part_problems = self._resolve(r, head, piece.shape_in(key.shape), key.dtype)
+                part_ops, part_problems = self._resolve(r, head, piece.shape_in(key.shape), key.dtype,
+                                                        piece, key.shape)
                 problems += part_problems
                 problems += [Problem(o.origin, f"{o.kind!r} runs on whole tensors, not on a part",
                                      "drop part: from this rule, or the data-dependent step from its pipeline")
@@ -307,8 +308,9 @@ class Decider:
                         expected_std(ops, key.shape) if ops else None, needs_staging(ops, key.dtype) if ops else False,
                         tuple(fills), choice.part_rules, choice.winner is not None or covers(pieces, key.shape))
 
-    def _resolve(self, r: int, head: TensorSlot, shape: tuple[int, ...],
-                 dtype: torch.dtype) -> tuple[tuple[Op, ...], list[Problem]]:
+    def _resolve(self, r: int, head: TensorSlot, shape: tuple[int, ...], dtype: torch.dtype,
+                 piece: TensorPart | None = None,
+                 whole_shape: tuple[int, ...] = ()) -> tuple[tuple[Op, ...], list[Problem]]:
         """Rule ``r``'s steps as ops for a tensor (or part) of ``shape``, or the problems that stop them."""
         rule_name, rule = self.rules[r]
         if dtype not in FLOAT_DTYPES:
@@ -317,7 +319,7 @@ class Decider:
         reads = self.reads[r]
         info = TensorInfo(head.name, shape, dtype, type(head.owner.module),
                           {attr: getattr(head.owner.module, attr, None) for attr in reads.owner_attrs},
-                          rule.transposed, _captures(rule, head.name) if reads.name else ())
+                          rule.transposed, _captures(rule, head.name) if reads.name else (), piece, whole_shape)
         expr_names = ExprNames(info, self.variables)
         ops: list[Op] = []
         exclusive: tuple[Op, ...] | None = None

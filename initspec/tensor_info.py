@@ -29,6 +29,8 @@ class TensorInfo:
     owner_attrs: Mapping[str, Any] = field(default_factory=dict)   # what the step declared it reads
     transposed: bool = False
     captures: tuple[str, ...] = ()     # what each * / ? of the rule's pattern matched in the name
+    part: Any = None                   # the TensorPart this is, when a rule fills a part (shape is the part's)
+    whole_shape: tuple[int, ...] = ()  # then: the whole tensor's shape
 
     @property
     def ndim(self) -> int:

@@ -309,3 +309,16 @@ def test_within_takes_subclasses_and_lists_and_skips_other_ancestors():
     report = initspec.apply(model, spec)
     filled = {e.name for e in report.plan.entries if e.rule == "z"}
     assert filled == {"0.bn1.weight", "0.bn2.weight", "1.bn1.weight", "1.bn2.weight"}
+
+
+def test_padding_zero_in_a_part_zeroes_the_tensors_padding_row():
+    """The padding row in the part's own coordinates; a part without it is left alone."""
+    emb = nn.Embedding(10, 3, padding_idx=7)
+    initspec.apply(emb, {"rules": {"all": {"match": "weight", "init": "ones"},
+                                   "new": {"match": "weight", "part": {"sizes": [6, 4], "index": 1},
+                                           "init": [{"name": "normal"}, "padding_zero"]},
+                                   "old": {"match": "weight", "part": {"sizes": [6, 4], "index": 0}, "priority": 1,
+                                           "init": [{"name": "constant", "value": 2}, "padding_zero"]}}})
+    w = emb.weight.detach()
+    assert torch.equal(w[7], torch.zeros(3)) and bool((w[[6, 8, 9]] != 0).all())
+    assert torch.equal(w[:6], torch.full((6, 3), 2.0))
