@@ -30,7 +30,7 @@ import torch
 SAMPLE = 8192            # values per tensor for the KS test (never the whole tensor)
 REL_TOL = 5e-4          # relative tolerance on a scale, on top of the sampling error
 STD_ERRORS = 4.5         # how many standard errors a predicted scale may be off
-KS_CRITICAL = 2.7        # D <= KS_CRITICAL / sqrt(k): alpha about 1e-6 (many tensors are tested)
+KS_CRITICAL = 2.7        # D <= KS_CRITICAL sqrt(1/k + 1/n): alpha about 1e-6 (many tensors are tested)
 BOUNDED_LOG_P = math.log(1e-6)
 NICE_CUTOFFS = sorted({round(x / 10, 1) for x in range(5, 100)} | set(range(10, 21)))
 
@@ -226,7 +226,8 @@ def whole_stats(x: torch.Tensor, row_norms: torch.Tensor, low: float, high: floa
     mean = float(x.sum(dtype=x.dtype)) / n
     variance = float((row_norms ** 2).sum()) / n - mean * mean
     if mean * mean > 100 * abs(variance):                          # the difference cancels: one exact pass
-        variance = float((x.double() - mean).pow(2).sum()) / n - (0 if skip is None else mean * mean * (x.numel() - n) / n)
+        skipped = x.numel() - n                                    # zeros, each (0 - mean)² in the sum
+        variance = (float((x.double() - mean).pow(2).sum()) - skipped * mean * mean) / n
     std = math.sqrt(max(variance, 0.0) * n / max(n - 1, 1))
     if skip is not None and (low == 0 or high == 0):
         flat = x.reshape(-1)

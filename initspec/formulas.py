@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .catalog import TRUNC2_STD      # std of N(0, 1) cut at ±2: lecun_normal's constant
 from .fit import REL_TOL, STD_ERRORS, TensorFit, Variant, digits_of, nice, nice_at, significant
 
-TRUNC2_STD = 0.87962566103423978     # std of N(0, 1) cut at ±2: lecun_normal's constant
 SQRT3 = math.sqrt(3)
 GAINS = {                            # gain (std units) -> (text, nonlinearity, kaiming a, cost)
     1.0: ("1", "linear", None, 1.5),
@@ -288,6 +288,16 @@ def number_text(x: float) -> str:
     if abs(square - k) < 1e-9 * square and k > 1 and math.isqrt(k) ** 2 != k:
         return f"sqrt({k})"
     return f"{x:g}" if digits_of(x) <= 6 else repr(x)
+
+
+def gain_value(gain: float) -> float | str:
+    """An exact gain (orthogonal) as a spec writes it: ``sqrt(2)``, ``5 / 3`` or the shortest number
+    within 2e-4 of it."""
+    for known in (math.sqrt(2), 5 / 3):
+        if math.isclose(gain, known, rel_tol=2e-4):
+            return number_text(known)
+    found = nice(gain * (1 - 2e-4), gain * (1 + 2e-4), gain, 4)
+    return found[0] if found else significant(gain, 6)
 
 
 def scale_value(formula: Formula, family: str, n_layer: int | None) -> float | str:

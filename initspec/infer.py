@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .errors import InitSpecError
-from .fit import SAMPLE, TensorFit, fit_tensor, nice, significant
-from .formulas import RandomGroup, TensorFacts, group_random, number_text, random_steps
+from .fit import SAMPLE, TensorFit, fit_tensor, significant
+from .formulas import RandomGroup, TensorFacts, gain_value, group_random, random_steps
 from .grouping import Name, RuleDraft, literal_rules, make_rules
 from .tensor_info import layer_of
 from .tree import walk
@@ -99,7 +99,7 @@ def infer(model_or_path: Any, *, model: Any = None, seed: int = 0, sample: int =
 
 def units_of_model(model: nn.Module) -> list[Unit]:
     """Every unique parameter of ``model`` with all the names it is reachable under."""
-    units = _units(model, None)
+    units = _units(model)
     meta = [u.names[0] for u in units if u.tensor.is_meta]
     if meta:
         raise InitSpecError("model", f"{len(meta)} parameter(s) are on the meta device ({meta[0]}, ...): "
@@ -109,18 +109,18 @@ def units_of_model(model: nn.Module) -> list[Unit]:
     return units
 
 
-def _units(model: nn.Module, values: dict[str, torch.Tensor] | None) -> list[Unit]:
+def _units(model: nn.Module) -> list[Unit]:
+    """Unique parameters, each with every name it is reachable under (registration order)."""
     slots = [s for s in walk(model).tensors if s.kind == "parameter"]
     if not slots:
         raise InitSpecError("model", f"{type(model).__name__} has no parameters: there is nothing to infer",
                             "give a model with parameters (check model._target_ and its arguments)")
-    order: dict[torch.Tensor, list[str]] = {}   # keyed by the tensor object (tensors hash by identity)
+    names: dict[torch.Tensor, list[str]] = {}   # keyed by the tensor object (tensors hash by identity)
     owners: dict[torch.Tensor, nn.Module] = {}
     for s in slots:
-        order.setdefault(s.tensor, []).append(s.name)
+        names.setdefault(s.tensor, []).append(s.name)
         owners.setdefault(s.tensor, s.owner.module)
-    return [Unit(tuple(names), tensor if values is None else values[names[0]], owners[tensor])
-            for tensor, names in order.items()]
+    return [Unit(tuple(group), tensor, owners[tensor]) for tensor, group in names.items()]
 
 
 def units_of_file(path: str | os.PathLike, structure: Any, option: str) -> tuple[nn.Module, list[Unit]]:
@@ -143,13 +143,9 @@ def units_of_file(path: str | os.PathLike, structure: Any, option: str) -> tuple
                             "initspec apply --out)") from None
     with meta_parameters():
         module = instantiate(structure)
-    slots = [s for s in walk(module).tensors if s.kind == "parameter"]
-    if not slots:
-        raise InitSpecError("model", f"{type(module).__name__} has no parameters: there is nothing to infer",
-                            "give the model config the file was saved from")
+    structure_units = _units(module)
     aliases = json.loads(metadata.get(ALIASES_KEY, "{}"))
-    merged = _merge_aliases([[s.name for s in slots if s.tensor is t] for t in dict.fromkeys(s.tensor for s in slots)],
-                            aliases)
+    merged = _merge_aliases([list(u.names) for u in structure_units], aliases)
     names = {n for group in merged for n in group}
     buffers = {s.name for s in walk(module).tensors if s.kind == "buffer"}
     missing = [group[0] for group in merged if not any(n in keys for n in group)]
@@ -168,15 +164,15 @@ def units_of_file(path: str | os.PathLike, structure: Any, option: str) -> tuple
         for group in merged:
             key = next(n for n in group if n in keys)
             values[group[0]] = handle.get_tensor(key)
-    by_name = {s.name: s for s in slots}
+    by_name = {u.names[0]: u for u in structure_units}
     units = []
     for group in merged:
-        slot = by_name[group[0]]
-        if tuple(values[group[0]].shape) != tuple(slot.tensor.shape):
+        meta = by_name[group[0]]
+        if tuple(values[group[0]].shape) != tuple(meta.tensor.shape):
             raise InitSpecError(option, f"{group[0]!r} has shape {list(values[group[0]].shape)} in {Path(path).name} "
-                                f"but {list(slot.tensor.shape)} in the model",
+                                f"but {list(meta.tensor.shape)} in the model",
                                 "give the model config the file was saved from (model=...)")
-        units.append(Unit(tuple(group), values[group[0]], slot.owner.module))
+        units.append(Unit(tuple(group), values[group[0]], meta.owner))
     return module, units
 
 
@@ -257,13 +253,8 @@ def _structured_step(fit: TensorFit) -> Any:
     if fit.kind == "dirac":
         return "dirac" if fit.value == 1 else {"name": "dirac", "groups": int(fit.value)}
     if fit.kind == "orthogonal":
-        gain = fit.value
-        found = nice(gain * (1 - 2e-4), gain * (1 + 2e-4), gain, 4)
-        text = number_text(found[0]) if found else f"{gain:.6g}"
-        if math.isclose(gain, math.sqrt(2), rel_tol=2e-4):
-            text = "sqrt(2)"
-        value = float(text) if re.fullmatch(r"[-+0-9.e]+", text) else text
-        return "orthogonal" if value == 1 else {"name": "orthogonal", "gain": value}
+        gain = gain_value(fit.value)
+        return "orthogonal" if gain == 1 else {"name": "orthogonal", "gain": gain}
     return None
 
 
