@@ -124,7 +124,7 @@ def cost(family: str, formula: Formula | None, pad: bool) -> float:
 def group_random(fits: list[TensorFit], facts: list[TensorFacts], n_layer: int | None) -> list[RandomGroup]:
     """The fewest candidates that explain every random fit (greedy; see the module docstring)."""
     candidates: list[Candidate] = []
-    covers: list[list[int]] = []
+    covers: list[dict[int, float]] = []       # per candidate: tensor index -> its estimate of the constant
     pads = [False, True] if any(f.pad for f in fits) else [False]
     keys = sorted({(v.family, v.mean, v.cutoff) for f in fits for v in f.variants if v.family != "uniform_ab"},
                   key=repr)
@@ -240,15 +240,16 @@ def _greedy(fits: list[TensorFit], facts: list[TensorFacts], n_layer: int | None
         matrix[row, list(covered)] = 1.0
     remaining = torch.zeros(len(fits), dtype=torch.float32)
     remaining[random] = 1.0
+    left = set(random)
     groups: list[RandomGroup] = []
     literals: set[float] = set()
-    while remaining.sum() > 0:
+    while left:
         counts = (matrix @ remaining).long().tolist()
         best = None
         for count in sorted({c for c in counts if c > 0}, reverse=True):
             options = []
             for row in (r for r, c in enumerate(counts) if c == count):
-                members = tuple(i for i in covers[row] if remaining[i] > 0)
+                members = tuple(i for i in covers[row] if i in left)
                 if not _eligible(candidates[row], members, facts, n_layer, literals):
                     continue
                 error = pooled_error(candidates[row], [covers[row][i] for i in members],
@@ -266,6 +267,7 @@ def _greedy(fits: list[TensorFit], facts: list[TensorFacts], n_layer: int | None
             literals.add(candidate.formula.const)
         groups.append(RandomGroup(candidate, members, tuple(_variant_of(fits[i], candidate) for i in members)))
         remaining[list(members)] = 0.0
+        left -= set(members)
     return groups
 
 
