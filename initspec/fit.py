@@ -307,16 +307,19 @@ def random_variants(values: torch.Tensor, stats: Stats) -> tuple[tuple[Variant, 
         if distances["normal"] <= critical:
             found.append(Variant("normal", s, s * (1 - tol), s * (1 + tol), mean=mean))
     width = high - low
-    gap = width * (8 / n + REL_TOL)        # how far inside its bounds the extremes of n uniform values may lie
+    # How far inside its bounds the extreme of n uniform values may lie: P(max < b (1 - t)) = (1 - t)^n
+    # <= exp(-t n), about 3e-4 at t = 8 / n (of the bound b, or of the width for bounds a, b).
+    gap = 8 / n + REL_TOL
     if abs(low + high) <= 20 * width / n:   # symmetric about 0
         b = max(-low, high)
         distances["uniform"] = ks_distance(values, uniform_cdf(values, -b * (1 + 1 / n), b * (1 + 1 / n)))
         if distances["uniform"] <= critical:
-            found.append(Variant("uniform", b, b * (1 - 1e-5), b + gap))
+            found.append(Variant("uniform", b, b * (1 - 1e-5), b * (1 + gap)))
     else:
         distances["uniform"] = ks_distance(values, uniform_cdf(values, low - width / n, high + width / n))
         if distances["uniform"] <= critical:
-            found.append(Variant("uniform_ab", width, width, width, bounds=((low - gap, low), (high, high + gap))))
+            slack = width * gap
+            found.append(Variant("uniform_ab", width, width, width, bounds=((low - slack, low), (high, high + slack))))
     if bounded and abs((high - mean) + (low - mean)) <= 0.05 * reach:
         variant = trunc_variant(values, stats, mean, reach, tol)
         if variant is not None:

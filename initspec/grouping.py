@@ -217,7 +217,15 @@ def _rule_name(selector: Selector) -> str:
         stem = f"{selector.module.lower()}_{stem}" if stem != "all" else selector.module.lower()
     elif selector.ndim is not None:
         stem = f"{stem}_{selector.ndim}d"
-    return re.sub(r"\W", "_", stem) or "rule"
+    return identifier(stem, leaf)
+
+
+def identifier(stem: str, leaf: str = "") -> str:
+    """A name Hydra overrides can address: ``2`` -> ``bias_of_2`` (YAML would read ``2:`` as a number)."""
+    stem = re.sub(r"\W", "_", stem) or "rule"
+    if not (stem[0].isalpha() or stem[0] == "_"):
+        stem = f"{leaf or 'rule'}_of_{stem}"
+    return stem
 
 
 def _unique_names(drafts: list[RuleDraft]) -> list[RuleDraft]:

@@ -29,7 +29,7 @@ from torch import nn
 from .errors import InitSpecError
 from .fit import SAMPLE, TensorFit, fit_tensor, significant
 from .formulas import RandomGroup, TensorFacts, gain_value, group_random, random_steps
-from .grouping import Name, RuleDraft, literal_rules, make_rules
+from .grouping import Name, RuleDraft, identifier, literal_rules, make_rules
 from .tensor_info import layer_of
 from .tree import walk
 
@@ -288,7 +288,7 @@ def random_group(group: RandomGroup, fits: list[TensorFit], n_layer: int | None)
 
 def _count(fits: list[TensorFit], members) -> str:
     values = sum(math.prod(fits[i].shape) for i in members)
-    return f"{len(members)} tensor{'s' if len(members) != 1 else ''}, {_amount(values)} values"
+    return f"{len(members)} tensor{'s' if len(members) != 1 else ''}, {_amount(values)} value{'s' if values != 1 else ''}"
 
 
 def _amount(n: float) -> str:
@@ -323,7 +323,7 @@ def spec_data(drafts: list[RuleDraft], groups: list[Group], units: list[Unit], s
     ties: dict[str, list[str]] = {}
     for u in units:
         if len(u.names) > 1:
-            stem = re.sub(r"\W", "_", u.names[1].rsplit(".", 1)[0].rsplit(".", 1)[-1]) or "tie"
+            stem = identifier(u.names[1].rsplit(".", 1)[0].rsplit(".", 1)[-1], "tie")
             ties[stem if stem not in ties else f"{stem}_{len(ties) + 1}"] = list(u.names)
     if ties:
         data["ties"] = ties

@@ -10,6 +10,9 @@ distribution, not by replaying the same streams.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,7 +244,7 @@ def test_shared_parameters_become_tie_groups():
     net = shared_net()
     initspec.apply(net, "seed_shared")                      # net[1] becomes net[0]
     inferred = initspec.infer(net)
-    assert inferred.data["ties"] == {"1": ["0.weight", "1.weight"]}
+    assert inferred.data["ties"] == {"tie_of_1": ["0.weight", "1.weight"]}
     fresh = junk(shared_net())
     initspec.apply(fresh, inferred.data)
     assert fresh[0].weight is fresh[1].weight and diff(net, fresh).ok
@@ -410,3 +413,24 @@ def test_cli_mistakes_exit_2(capsys, tmp_path):
     assert code == 2 and "--from: " in err and "is not a safetensors file" in err
     code, out, err = cli(capsys, "infer", "extra", "model=gpt_tiny")
     assert code == 2 and "infer takes no positional words" in err
+
+
+@pytest.mark.slow
+def test_console_script_in_a_user_app_with_its_own_model_config(tmp_path):
+    """``initspec infer`` through the installed console script, composing the user's config dir."""
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "app.yaml").write_text("defaults:\n  - model: mine\n  - _self_\n")
+    (tmp_path / "conf" / "model" / "mine.yaml").write_text(
+        "_target_: torch.nn.Sequential\n_args_:\n"
+        "  - {_target_: torch.nn.Linear, in_features: 64, out_features: 32}\n"
+        "  - {_target_: torch.nn.Tanh}\n"
+        "  - {_target_: torch.nn.Linear, in_features: 32, out_features: 8}\n")
+    script = Path(sys.executable).parent / "initspec"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "initspec.cli"]
+    proc = subprocess.run([*command, "infer", "--config-dir", "conf", "--config-name", "app", "--out", "spec.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("wrote spec.yaml: 2 rule(s)")
+    inferred = initspec.load_spec(tmp_path / "spec.yaml")
+    assert inferred.rules["weights"].init[0].args == {"a": "-1 / sqrt(fan_in)", "b": "1 / sqrt(fan_in)"}
+    assert not (tmp_path / "outputs").exists()                # compose API: no Hydra run directory
