@@ -220,7 +220,9 @@ def test_planning_leaves_no_reference_cycles():
             "ties": {"heads": ["head", "layers.0.0"]}}
     spec = initspec.load_spec(spec)    # (loading goes through OmegaConf, whose configs are cyclic)
     initspec.plan(model, spec)
-    gc.collect()
+    for _ in range(10):     # garbage earlier tests left: freeing one generation of it can leave more
+        if gc.collect() == 0:
+            break
     try:
         gc.set_debug(gc.DEBUG_SAVEALL)
         initspec.plan(model, spec)
