@@ -1,7 +1,7 @@
 """Run every benchmark of issue 6 and print one table; exit 1 on any MISS.
 
     python -m benchmarks            # all (about 4 minutes on 2 idle cores)
-    python -m benchmarks plan apply # some: plan, apply, build, memory, sharded, import
+    python -m benchmarks plan apply # some: plan, apply, build, memory, sharded, import, diff, infer, probe
     python -m benchmarks --settle 0 # do not wait for other processes to quiet down
 
 Each benchmark runs in its own fresh interpreter (no allocator or GC state
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .common import FRESH_MEMORY, MARK, Row
 
-BENCHMARKS = ("plan", "apply", "build", "memory", "sharded", "import", "infer")
+BENCHMARKS = ("plan", "apply", "build", "memory", "sharded", "import", "diff", "infer", "probe")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -23,10 +23,10 @@ init fail a check about once in a million, measured over 200k pairs per size):
   [min, max] (for two draws of one continuous distribution that count is
   about geometric with mean <= 1, so 40 happens about once in 10^12: a
   normal where a truncated normal belongs, or a wider bound, shows thousands);
-* KS: the two-sample Kolmogorov-Smirnov p-value is at least 1e-6, on up to
-  32768 values per side drawn uniformly with replacement, seeded per tensor
-  (asymptotic Kolmogorov distribution with Stephens' correction; k values
-  drawn from n count as 1 / (1/k + 1/n) values).
+* KS: the two-sample Kolmogorov-Smirnov p-value is at least 1e-6 (asymptotic
+  Kolmogorov distribution with Stephens' correction), on every value of a
+  tensor of up to 32768 values, else on 32768 of them: one drawn from each of
+  32768 equal stretches of the flattened tensor, seeded per tensor.
 
 Small tensors carry little information: the tolerances widen by themselves,
 and a tensor whose std cannot be pinned to +-10% says so in its reason
@@ -79,28 +79,27 @@ class Summary:
 
 @dataclass(frozen=True)
 class KS:
-    """A two-sample Kolmogorov-Smirnov test: D = max |F_a(x) - F_b(x)| over the two samples,
-    and its asymptotic p-value for effective sizes n_a, n_b."""
+    """A two-sample Kolmogorov-Smirnov test: D = max |F_a(x) - F_b(x)| over the two samples
+    (of sample_a and sample_b values), and its asymptotic p-value."""
 
     statistic: float
     pvalue: float
     sample_a: int
     sample_b: int
-    effective_a: float
-    effective_b: float
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
-class Sample:
-    """Sorted values drawn from one tensor; ``effective`` is the size of an i.i.d. sample of the
-    init that carries as much information: all n values count n, k values drawn with replacement
-    from n count 1 / (1/k + 1/n) (the tensor's own draw and the resampling both add noise)."""
+class Measured:
+    """What :func:`measure` found by passing over two whole tensors: their summaries, whether they are
+    bitwise equal, and (when they are not, and hold values) an unsorted sample of each."""
 
-    values: torch.Tensor
-    effective: float
+    a: Summary
+    b: Summary
+    identical: bool
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +126,8 @@ def method(sample: int = SAMPLE) -> dict:
                         "the other side's [min, max]"),
             "test": "two-sample Kolmogorov-Smirnov, asymptotic p-value with Stephens' correction "
                     "Q((sqrt(n) + 0.12 + 0.11 / sqrt(n)) D), n = n_a n_b / (n_a + n_b)",
-            "sample": f"up to {sample} values per side, drawn uniformly with replacement, seeded by tensor name; "
-                      "k of n values count as 1 / (1/k + 1/n) in the p-value",
+            "sample": f"every value of a tensor of up to {sample}, else {sample}: one from each of {sample} equal "
+                      "stretches of the flattened tensor, at a position drawn by a generator seeded by tensor name",
             "ks_p_min": KS_ALPHA,
             "z": f"{Z:g} standard errors, widened for df = min(n_a, n_b) - 1 values: "
                  "z + (z^3 + z)/(4 df) + (5 z^5 + 16 z^3 + 3 z)/(96 df^2)",
@@ -144,18 +143,21 @@ def method(sample: int = SAMPLE) -> dict:
 
 
 def summarize(tensor: torch.Tensor) -> Summary:
-    """Shape, dtype, mean, std (unbiased), min, max and zero fraction of every value."""
+    """Shape, dtype, mean, std (unbiased), min, max and zero fraction of every value
+    (a constant needs one pass: min == max)."""
     t = tensor.detach()
     shape, dtype, n = tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel()
     if n == 0:
         return Summary(shape, dtype, 0, None, None, None, None, None)
     x = _as_float(t)
+    low, high = (float(v) for v in x.aminmax())
+    if low == high:
+        return Summary(shape, dtype, n, low, 0.0, low, high, 1.0 if low == 0 else 0.0)
     mean = float(x.mean())
     std = float(x.std()) if n > 1 else 0.0
-    low, high = x.aminmax()
-    zeros = 1.0 - int(torch.count_nonzero(x)) / x.numel()
+    zeros = 1.0 - int(torch.count_nonzero(x)) / n
     nonfinite = 0 if math.isfinite(mean) and math.isfinite(std) else int((~torch.isfinite(x)).sum())
-    return Summary(shape, dtype, n, mean, std, float(low), float(high), zeros, nonfinite)
+    return Summary(shape, dtype, n, mean, std, low, high, zeros, nonfinite)
 
 
 def _as_float(t: torch.Tensor) -> torch.Tensor:
@@ -181,16 +183,19 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     return torch.equal(x, y)
 
 
-def draw_sample(tensor: torch.Tensor, size: int, seed: int) -> Sample:
-    """Every value when there are at most ``size``, else ``size`` drawn uniformly with replacement
-    by a generator seeded with ``seed``; sorted, as float."""
+def draw_sample(tensor: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Every value when there are at most ``size``; else one value from each of ``size`` equal
+    stretches of the flattened tensor, at a position drawn uniformly by a generator seeded with
+    ``seed`` (stratified, without replacement: the positions ignore the values, so values drawn
+    i.i.d. stay i.i.d., and row blocks of different inits are sampled in proportion). As float, unsorted."""
     flat = _as_float(tensor.detach()).reshape(-1)
     n = flat.numel()
     if n <= size:
-        return Sample(flat.sort().values, float(n))
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randint(n, (size,), generator=generator).sort().values   # in memory order: fewer TLB misses
-    return Sample(flat[index.to(flat.device)].sort().values, 1.0 / (1.0 / size + 1.0 / n))
+        return flat
+    starts = torch.arange(size + 1, dtype=torch.int64) * n // size
+    offsets = torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    index = starts[:-1] + (offsets * (starts[1:] - starts[:-1])).long()
+    return flat[index.to(flat.device)]
 
 
 def kolmogorov_sf(x: float) -> float:
@@ -213,40 +218,72 @@ def ks_pvalue(statistic: float, n_a: float, n_b: float) -> float:
 
 
 def ks_statistic(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> float:
-    """D = max over every sampled value x of |F_a(x) - F_b(x)|, F the empirical CDFs (ties counted
-    as scipy.stats.ks_2samp counts them). Computed in integers, n_a n_b |F_a - F_b|, at the points
-    of each sample in turn (no concatenation: ops on one sample's size stay on one thread)."""
+    """D = sup_x |F_a(x) - F_b(x)|, F the right-continuous empirical CDFs (ties counted as
+    scipy.stats.ks_2samp counts them).
+
+    F_a - F_b rises only at values v of a, and until the next value of a it only falls, so
+    D = max over v of (#a <= v)/n_a - (#b <= v)/n_b and (#b < v)/n_b - (#a < v)/n_a (the second:
+    F_b - F_a just below v, where it peaks on the stretch before v), computed in integers.
+    """
     n_a, n_b = a_sorted.numel(), b_sorted.numel()
-    largest = 0
-    for points in (a_sorted, b_sorted):
-        below_a = torch.searchsorted(a_sorted, points, right=True)
-        below_b = torch.searchsorted(b_sorted, points, right=True)
-        largest = max(largest, int((below_a * n_b - below_b * n_a).abs().max()))
-    return largest / (n_a * n_b)
+    below_a, upto_a = _ranks(a_sorted)
+    below_b = torch.searchsorted(b_sorted, a_sorted, right=False)
+    upto_b = torch.searchsorted(b_sorted, a_sorted, right=True)
+    rise = int((upto_a * n_b - upto_b * n_a).max())
+    fall = int((below_b * n_a - below_a * n_b).max())
+    return max(rise, fall, 0) / (n_a * n_b)
 
 
-def ks_test(a: Sample, b: Sample) -> KS:
-    d = ks_statistic(a.values, b.values)
-    return KS(d, ks_pvalue(d, a.effective, b.effective), a.values.numel(), b.values.numel(), a.effective, b.effective)
+def _ranks(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(#v < v_i, #v <= v_i) for each value of a sorted tensor: where its run of equal values
+    starts, and where it ends."""
+    n = v.numel()
+    index = torch.arange(n)
+    starts = torch.ones(n, dtype=torch.bool)
+    starts[1:] = v[1:] != v[:-1]
+    ends = torch.ones(n, dtype=torch.bool)
+    ends[:-1] = starts[1:]
+    first = torch.where(starts, index, 0).cummax(0).values
+    last = torch.where(ends, index + 1, n).flip(0).cummin(0).values.flip(0)
+    return first, last
+
+
+def ks_test(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KS:
+    d = ks_statistic(a_sorted, b_sorted)
+    return KS(d, ks_pvalue(d, a_sorted.numel(), b_sorted.numel()), a_sorted.numel(), b_sorted.numel())
 
 
 def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> KS:
     """The two-sample KS test on every value of ``a`` and ``b`` (as scipy.stats.ks_2samp with
     method="asymp" tests them)."""
-    return ks_test(Sample(_as_float(a.detach()).reshape(-1).sort().values, float(a.numel())),
-                   Sample(_as_float(b.detach()).reshape(-1).sort().values, float(b.numel())))
+    return ks_test(_as_float(a.detach()).reshape(-1).sort().values, _as_float(b.detach()).reshape(-1).sort().values)
 
 
-def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1),
-            keep_samples: int = 4096) -> Comparison:
+def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1)) -> Comparison:
     """The verdict for tensor ``x`` (side a) against ``y`` (side b); see the module docstring."""
+    return judge(measure(x, y, sample=sample, seeds=seeds))
+
+
+def measure(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1)) -> Measured:
+    """The passes over the whole tensors (bitwise equality, summaries) and the samples, seeded by ``seeds``."""
     if bitwise_equal(x, y):
         summary = summarize(x)
-        return Comparison(IDENTICAL, "", summary, summary)
+        return Measured(summary, summary, True)
     a, b = summarize(x), summarize(y)
     if a.numel == 0 or b.numel == 0:
+        return Measured(a, b, False)
+    return Measured(a, b, False, (draw_sample(x, sample, seeds[0]), draw_sample(y, sample, seeds[1])))
+
+
+def judge(m: Measured, keep_samples: int = 4096) -> Comparison:
+    """The verdict from what :func:`measure` found; it works on the samples only (sorts, the KS test,
+    the checks), so verdicts of many tensors can be judged on threads of their own."""
+    a, b = m.a, m.b
+    if m.identical:
+        return Comparison(IDENTICAL, "", a, b)
+    if m.samples is None:
         return Comparison(DIFFERS, f"{a.numel} vs {b.numel} values", a, b)
-    sa, sb = draw_sample(x, sample, seeds[0]), draw_sample(y, sample, seeds[1])
+    sa, sb = (s.sort().values for s in m.samples)
     verdict, reason, ks = _values_verdict(a, b, sa, sb)
     notes = []
     if a.shape != b.shape:
@@ -258,11 +295,11 @@ def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tu
         reason, verdict = "; ".join(notes) + f" (values: {values})", DIFFERS
     elif notes:
         reason = "; ".join([reason, *notes] if reason else notes)
-    kept = (_thin(sa.values, keep_samples), _thin(sb.values, keep_samples)) if verdict == DIFFERS else None
+    kept = (_thin(sa, keep_samples), _thin(sb, keep_samples)) if verdict == DIFFERS else None
     return Comparison(verdict, reason, a, b, ks, kept)
 
 
-def _values_verdict(a: Summary, b: Summary, sa: Sample, sb: Sample) -> tuple[str, str, KS | None]:
+def _values_verdict(a: Summary, b: Summary, sa: torch.Tensor, sb: torch.Tensor) -> tuple[str, str, KS | None]:
     if a.nonfinite or b.nonfinite:
         return DIFFERS, f"NaN/inf values: {a.nonfinite} vs {b.nonfinite}", None
     if a.numel == 1 and b.numel == 1 and a.min != b.min:
@@ -299,9 +336,9 @@ def _constant_vs_random(a: Summary, b: Summary) -> str:
     return text
 
 
-def _kurtosis(s: Sample) -> float:
+def _kurtosis(sample: torch.Tensor) -> float:
     """E[(x - m)^4] / var^2 of the sample, between 1.8 (a uniform's) and the sample size."""
-    x = s.values.double()
+    x = sample.double()
     centered = x - x.mean()
     var = float((centered * centered).mean())
     if var <= 0:
@@ -316,7 +353,7 @@ def z_small(df: int) -> float:
     return Z + (Z ** 3 + Z) / (4 * df) + (5 * Z ** 5 + 16 * Z ** 3 + 3 * Z) / (96 * df * df)
 
 
-def _log_std_error(a: Summary, b: Summary, sa: Sample, sb: Sample) -> float:
+def _log_std_error(a: Summary, b: Summary, sa: torch.Tensor, sb: torch.Tensor) -> float:
     """Standard error of ln(s_a / s_b): var(ln s) = (k - 1) / (4 (n - 1)) per side, k the larger
     of the two kurtoses (two small samples of one init can measure it quite differently)."""
     k = max(_kurtosis(sa), _kurtosis(sb))
@@ -346,23 +383,22 @@ def _zeros_check(a: Summary, b: Summary, z: float) -> str:
     return f"zeros {_percent(a.zero_fraction)} vs {_percent(b.zero_fraction)}"
 
 
-def _outside(s: Sample, low: float, high: float) -> int:
-    """Sampled values below ``low`` or above ``high``."""
-    v = s.values
+def _outside(v: torch.Tensor, low: float, high: float) -> int:
+    """Values of a sorted sample below ``low`` or above ``high``."""
     bounds = torch.tensor([low, high], dtype=v.dtype, device=v.device)
     below, upto = torch.searchsorted(v, bounds, right=False), torch.searchsorted(v, bounds, right=True)
     return int(below[0]) + v.numel() - int(upto[1])
 
 
-def _tail_check(a: Summary, b: Summary, sa: Sample, sb: Sample) -> str:
+def _tail_check(a: Summary, b: Summary, sa: torch.Tensor, sb: torch.Tensor) -> str:
     out_b, out_a = _outside(sb, a.min, a.max), _outside(sa, b.min, b.max)
     if max(out_a, out_b) <= TAIL_COUNT:
         return ""
     ea, eb = _extent(a), _extent(b)
     text = f"range {_range(a)} vs {_range(b)}" if ea == eb == "unbounded" else f"{ea} vs {eb}"
     if out_b >= out_a:
-        return text + f" ({out_b / sb.values.numel():.1%} of b's values outside a's range)"
-    return text + f" ({out_a / sa.values.numel():.1%} of a's values outside b's range)"
+        return text + f" ({out_b / sb.numel():.1%} of b's values outside a's range)"
+    return text + f" ({out_a / sa.numel():.1%} of a's values outside b's range)"
 
 
 def _extent(s: Summary) -> str:

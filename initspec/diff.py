@@ -18,14 +18,16 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from .compare import DIFFERS, SAMPLE, compare, summarize
+from .compare import DIFFERS, SAMPLE, Comparison, Measured, judge, measure, summarize
 from .diff_report import ONLY_IN_A, ONLY_IN_B, DiffReport, TensorDiff
 from .errors import InitSpecError, StepArgError
+from .execute import default_threads
 from .export import ALIASES_KEY, read_metadata
 from .sharding import is_dtensor, is_meta
 from .sources import header
@@ -67,7 +69,9 @@ def diff(a: Any, b: Any, *, labels: tuple[str, str] = ("a", "b"), sample: int = 
     with contextlib.ExitStack() as files:
         side_a = open_side(a, "a", labels[0], files)
         side_b = open_side(b, "b", labels[1], files)
-        rows = [_row(side_a, side_b, names, sample) for names in _groups(side_a, side_b)]
+        found = [_measure(side_a, side_b, names, sample) for names in _groups(side_a, side_b)]
+    judged = _judge_all([m for _, m in found if isinstance(m, Measured)])
+    rows = [m if isinstance(m, TensorDiff) else _row(side_a, side_b, names, next(judged)) for names, m in found]
     return DiffReport((labels[0], labels[1]), tuple(rows), sample)
 
 
@@ -143,15 +147,31 @@ def _groups(a: Side, b: Side) -> list[list[str]]:
     return list(groups.values())
 
 
-def _row(a: Side, b: Side, names: list[str], sample: int) -> TensorDiff:
+def _measure(a: Side, b: Side, names: list[str], sample: int) -> tuple[list[str], TensorDiff | Measured]:
+    """The passes over whole tensors for one group of names: its row when one side lacks it, else
+    what :func:`initspec.compare.measure` found (samples seeded by the group's first name)."""
     name, aliases = names[0], tuple(names[1:])
     head_a, head_b = a.heads.get(name), b.heads.get(name)
     if head_b is None:
-        return TensorDiff(name, ONLY_IN_A, f"not in {b.label}", summarize(a.read(head_a)), None, aliases)
+        return names, TensorDiff(name, ONLY_IN_A, f"not in {b.label}", summarize(a.read(head_a)), None, aliases)
     if head_a is None:
-        return TensorDiff(name, ONLY_IN_B, f"not in {a.label}", None, summarize(b.read(head_b)), aliases)
+        return names, TensorDiff(name, ONLY_IN_B, f"not in {a.label}", None, summarize(b.read(head_b)), aliases)
     seeds = (zlib.crc32(f"a:{name}".encode()), zlib.crc32(f"b:{name}".encode()))
-    result = compare(a.read(head_a), b.read(head_b), sample=sample, seeds=seeds)
+    return names, measure(a.read(head_a), b.read(head_b), sample=sample, seeds=seeds)
+
+
+def _judge_all(measured: list[Measured]) -> Iterator[Comparison]:
+    """Verdicts in order; judging sorts and tests samples (small single-threaded torch ops that
+    release the GIL), so it runs on as many threads as torch uses for one op."""
+    threads = min(default_threads(), len(measured))
+    if threads <= 1:
+        return iter([judge(m) for m in measured])
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return iter(list(pool.map(judge, measured)))
+
+
+def _row(a: Side, b: Side, names: list[str], result: Comparison) -> TensorDiff:
+    name, aliases = names[0], tuple(names[1:])
     tie = _tie_difference(a, b, names)
     verdict, reason = result.verdict, result.reason
     if tie:
