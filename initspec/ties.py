@@ -182,17 +182,22 @@ def _state_mismatch(src: nn.Module, dst: nn.Module) -> str:
 
 
 def _overlaps(groups: list[TieGroup], tree: Tree) -> list[Problem]:
+    """A problem for each tensor two groups would tie, under any of its names: in a model
+    that already shares a module, tying ``1.bias`` also ties ``0.bias`` (see ``tensor_map``)."""
     owner: dict[str, str] = {}
     problems = []
     for group in groups:
         covered = set()
         for member in (group.source, *group.targets):
             covered |= set(_tensors_under(tree, member)) if group.kind == "module" else {member}
+        replaced = group.tensor_map(tree)
+        covered |= set(replaced) | set(replaced.values())
         for name in sorted(covered):
             if name in owner and owner[name] != group.name:
                 problems.append(Problem(f"{ROOT}.ties.{group.name}",
                                         f"parameter {name!r} is in two tie groups: {owner[name]!r} and {group.name!r}",
-                                        "put each parameter in one tie group"))
+                                        "put each parameter in one tie group (a module the model already shares "
+                                        "holds its parameters under each of its names)"))
                 break
             owner[name] = group.name
     return problems

@@ -60,6 +60,9 @@ def test_tie_already_shared_is_a_noop():
      "initspec.ties.t.1"),
     (lambda: nn.Sequential(nn.BatchNorm1d(2), nn.BatchNorm1d(2)), {"t": ["0.running_mean", "1.running_mean"]},
      "buffer", "initspec.ties.t.0"),
+    # one shared LayerNorm: 1.bias is 0.bias, so t0 and t1 would each tie both of its tensors
+    (lambda: nn.Sequential(*[nn.LayerNorm(1)] * 2), {"t0": ["0.weight", "1.bias"], "t1": ["0.bias", "1.weight"]},
+     "two tie groups", "initspec.ties.t1"),
 ])
 def test_tie_errors_leave_model_unchanged(model, ties, fragment, path):
     m = model()
