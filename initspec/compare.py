@@ -217,46 +217,32 @@ def ks_pvalue(statistic: float, n_a: float, n_b: float) -> float:
     return kolmogorov_sf((root + 0.12 + 0.11 / root) * statistic)
 
 
-def ks_statistic(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> float:
+def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
     """D = sup_x |F_a(x) - F_b(x)|, F the right-continuous empirical CDFs (ties counted as
-    scipy.stats.ks_2samp counts them).
+    scipy.stats.ks_2samp counts them), from one sort of both samples together.
 
-    F_a - F_b rises only at values v of a, and until the next value of a it only falls, so
-    D = max over v of (#a <= v)/n_a - (#b <= v)/n_b and (#b < v)/n_b - (#a < v)/n_a (the second:
-    F_b - F_a just below v, where it peaks on the stretch before v), computed in integers.
+    Walking the merged values in order, each value of a adds n_b and each value of b subtracts
+    n_a, so the running sum is n_a n_b (F_a - F_b) in integers; it is read where a run of equal
+    values ends, as the right-continuous CDFs are.
     """
-    n_a, n_b = a_sorted.numel(), b_sorted.numel()
-    below_a, upto_a = _ranks(a_sorted)
-    below_b = torch.searchsorted(b_sorted, a_sorted, right=False)
-    upto_b = torch.searchsorted(b_sorted, a_sorted, right=True)
-    rise = int((upto_a * n_b - upto_b * n_a).max())
-    fall = int((below_b * n_a - below_a * n_b).max())
-    return max(rise, fall, 0) / (n_a * n_b)
+    n_a, n_b = a.numel(), b.numel()
+    values, order = torch.cat((a.reshape(-1), b.reshape(-1))).sort()
+    steps = torch.where(order < n_a, n_b, -n_a)
+    run_ends = torch.ones(values.numel(), dtype=torch.bool, device=values.device)
+    run_ends[:-1] = values[1:] != values[:-1]
+    return int(steps.cumsum(0)[run_ends].abs().max()) / (n_a * n_b)
 
 
-def _ranks(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(#v < v_i, #v <= v_i) for each value of a sorted tensor: where its run of equal values
-    starts, and where it ends."""
-    n = v.numel()
-    index = torch.arange(n)
-    starts = torch.ones(n, dtype=torch.bool)
-    starts[1:] = v[1:] != v[:-1]
-    ends = torch.ones(n, dtype=torch.bool)
-    ends[:-1] = starts[1:]
-    first = torch.where(starts, index, 0).cummax(0).values
-    last = torch.where(ends, index + 1, n).flip(0).cummin(0).values.flip(0)
-    return first, last
-
-
-def ks_test(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KS:
-    d = ks_statistic(a_sorted, b_sorted)
-    return KS(d, ks_pvalue(d, a_sorted.numel(), b_sorted.numel()), a_sorted.numel(), b_sorted.numel())
+def ks_test(a: torch.Tensor, b: torch.Tensor) -> KS:
+    """The two-sample KS test on two samples (any order)."""
+    d = ks_statistic(a, b)
+    return KS(d, ks_pvalue(d, a.numel(), b.numel()), a.numel(), b.numel())
 
 
 def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> KS:
     """The two-sample KS test on every value of ``a`` and ``b`` (as scipy.stats.ks_2samp with
     method="asymp" tests them)."""
-    return ks_test(_as_float(a.detach()).reshape(-1).sort().values, _as_float(b.detach()).reshape(-1).sort().values)
+    return ks_test(_as_float(a.detach()).reshape(-1), _as_float(b.detach()).reshape(-1))
 
 
 def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1)) -> Comparison:
@@ -283,7 +269,7 @@ def judge(m: Measured, keep_samples: int = 4096) -> Comparison:
         return Comparison(IDENTICAL, "", a, b)
     if m.samples is None:
         return Comparison(DIFFERS, f"{a.numel} vs {b.numel} values", a, b)
-    sa, sb = (s.sort().values for s in m.samples)
+    sa, sb = m.samples
     verdict, reason, ks = _values_verdict(a, b, sa, sb)
     notes = []
     if a.shape != b.shape:
@@ -295,7 +281,7 @@ def judge(m: Measured, keep_samples: int = 4096) -> Comparison:
         reason, verdict = "; ".join(notes) + f" (values: {values})", DIFFERS
     elif notes:
         reason = "; ".join([reason, *notes] if reason else notes)
-    kept = (_thin(sa, keep_samples), _thin(sb, keep_samples)) if verdict == DIFFERS else None
+    kept = (_thin(sa.sort().values, keep_samples), _thin(sb.sort().values, keep_samples)) if verdict == DIFFERS else None
     return Comparison(verdict, reason, a, b, ks, kept)
 
 
@@ -384,10 +370,8 @@ def _zeros_check(a: Summary, b: Summary, z: float) -> str:
 
 
 def _outside(v: torch.Tensor, low: float, high: float) -> int:
-    """Values of a sorted sample below ``low`` or above ``high``."""
-    bounds = torch.tensor([low, high], dtype=v.dtype, device=v.device)
-    below, upto = torch.searchsorted(v, bounds, right=False), torch.searchsorted(v, bounds, right=True)
-    return int(below[0]) + v.numel() - int(upto[1])
+    """Values of a sample below ``low`` or above ``high``."""
+    return int((v < low).sum()) + int((v > high).sum())
 
 
 def _tail_check(a: Summary, b: Summary, sa: torch.Tensor, sb: torch.Tensor) -> str:
