@@ -271,14 +271,16 @@ def plot_differences(report: DiffReport, path: str, max_panels: int = 12) -> Non
     nrows = max(1, (len(shown) + cols - 1) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.2 * nrows), squeeze=False)
     for ax, row in zip(axes.flat, shown):
-        a, b = (s.float() for s in row.samples)
-        low, high = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+        a, b = (s.float()[torch.isfinite(s.float())] for s in row.samples)   # NaN/inf would blank the panel
+        both = torch.cat([a, b])
+        low, high = (float(both.min()), float(both.max())) if both.numel() else (0.0, 0.0)
         if low == high:
             low, high = low - 0.5, high + 0.5
         edges = torch.linspace(low, high, 61).tolist()
         for values, label, color in ((a, report.labels[0], "#4477aa"), (b, report.labels[1], "#cc6677")):
-            ax.hist(values.numpy(), bins=edges, weights=torch.full((values.numel(),), 1 / values.numel()).numpy(),
-                    alpha=0.55, color=color, label=label)
+            if values.numel():
+                ax.hist(values.numpy(), bins=edges, weights=torch.full((values.numel(),), 1 / values.numel()).numpy(),
+                        alpha=0.55, color=color, label=label)
         reason = row.reason if len(row.reason) <= 70 else row.reason[:67] + "..."
         ax.set_title(f"{row.name}\n{reason}", fontsize=8)
         ax.locator_params(axis="x", nbins=5)
