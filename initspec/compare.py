@@ -30,7 +30,7 @@ init fail a check about once in a million, measured over 200k pairs per size):
 
 Small tensors carry little information: the tolerances widen by themselves,
 and a tensor whose std cannot be pinned to +-10% says so in its reason
-("small: 64 vs 64 values, std known to ±97%"); 3 values against 3 are almost
+("small: 64 vs 64 values, std known to ±97%", or "std not pinned down" past a factor 10); 3 values against 3 are almost
 never told apart. A constant is never the same as random values, whatever the size.
 """
 from __future__ import annotations
@@ -151,8 +151,9 @@ def summarize(tensor: torch.Tensor) -> Summary:
         return Summary(shape, dtype, 0, None, None, None, None, None)
     x = _as_float(t)
     low, high = (float(v) for v in x.aminmax())
-    if low == high:
-        return Summary(shape, dtype, n, low, 0.0, low, high, 1.0 if low == 0 else 0.0)
+    if low == high:   # a constant; all inf (or NaN, which aminmax returns as the bounds) is not a number
+        return Summary(shape, dtype, n, low, 0.0, low, high, 1.0 if low == 0 else 0.0,
+                       0 if math.isfinite(low) else n)
     mean = float(x.mean())
     std = float(x.std()) if n > 1 else 0.0
     zeros = 1.0 - int(torch.count_nonzero(x)) / n
@@ -267,8 +268,11 @@ def judge(m: Measured, keep_samples: int = 4096) -> Comparison:
     a, b = m.a, m.b
     if m.identical:
         return Comparison(IDENTICAL, "", a, b)
-    if m.samples is None:
-        return Comparison(DIFFERS, f"{a.numel} vs {b.numel} values", a, b)
+    if m.samples is None:   # one side (or both) holds no values
+        if a.numel == b.numel == 0 and a.shape == b.shape:
+            return Comparison(SAME_CONSTANT, f"no values; dtype {a.dtype} vs {b.dtype}", a, b)
+        shapes = f"shape {_shape(a.shape)} vs {_shape(b.shape)}; " if a.shape != b.shape else ""
+        return Comparison(DIFFERS, f"{shapes}{a.numel} vs {b.numel} values", a, b)
     sa, sb = m.samples
     verdict, reason, ks = _values_verdict(a, b, sa, sb)
     notes = []
@@ -308,7 +312,9 @@ def _values_verdict(a: Summary, b: Summary, sa: torch.Tensor, sb: torch.Tensor) 
         return DIFFERS, "; ".join(failures), ks
     reason = f"KS p={ks.pvalue:.2g}"
     tolerance = math.exp(z * log_std_error) - 1
-    if tolerance > SMALL_STD:
+    if tolerance > 9:     # a tolerance beyond a factor of 10 says nothing as a percentage
+        reason += f"; small: {a.numel} vs {b.numel} values, std not pinned down (tolerance over a factor 10)"
+    elif tolerance > SMALL_STD:
         reason += f"; small: {a.numel} vs {b.numel} values, std known to ±{tolerance:.0%}"
     return SAME_DISTRIBUTION, reason, ks
 

@@ -77,6 +77,25 @@ def test_two_seeds_of_one_normal_init_are_the_same_distribution():
     assert re.search(r"small: 64 vs 64 values, std known to ±\d+%$", small.reason), small.reason
 
 
+def test_three_values_against_three_say_the_std_is_not_pinned_down():
+    row = verdict_of(normal(0, shape=(3,)), normal(1, shape=(3,)))
+    assert row.verdict == "same distribution"
+    assert row.reason.endswith("small: 3 vs 3 values, std not pinned down (tolerance over a factor 10)"), row.reason
+
+
+@pytest.mark.parametrize("x, y, verdict, reason", [
+    (torch.full((4,), float("inf")), torch.full((4,), float("inf")).double(), "differs",
+     "NaN/inf values: 4 vs 4; dtype float32 vs float64"),                  # inf is no constant
+    (torch.full((4,), float("nan")), torch.full((4,), float("nan")).half(), "differs",
+     "NaN/inf values: 4 vs 4; dtype float32 vs float16"),
+    (torch.zeros(0, 3), torch.zeros(0, 3).double(), "same constant", "no values; dtype float32 vs float64"),
+    (torch.zeros(0, 3), torch.zeros(3, 0), "differs", "shape 0x3 vs 3x0; 0 vs 0 values"),
+])
+def test_non_finite_and_empty_tensors(x, y, verdict, reason):
+    row = verdict_of(x, y)
+    assert (row.verdict, row.reason) == (verdict, reason)
+
+
 def test_a_std_ten_percent_off_differs():
     row = verdict_of(normal(0, std=0.022), normal(1, std=0.02))
     assert row.verdict == "differs" and not row.ok
