@@ -231,11 +231,10 @@ COMMAND_FUNCTIONS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
 
 
 def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
-    """One histogram panel per rule, with the expected std in the title."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One histogram panel per rule, with the expected std in the title (no pyplot: the caller's backend and
+    figures are left alone)."""
     import torch
+    from matplotlib.figure import Figure
     from .sharding import local_tensor
     from .tree import walk
     tensors = {s.name: s.tensor for s in walk(report.model).tensors}
@@ -245,7 +244,8 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
         return
     cols = min(3, len(rules))
     rows = (len(rules) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     generator = torch.Generator().manual_seed(0)
     for ax, rule in zip(axes.flat, rules):
         values = [local_tensor(tensors[e.name]).detach()
@@ -267,8 +267,6 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
     except (OSError, ValueError) as exc:   # unwritable path, unknown image format
         from .errors import InitSpecError
         raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
-    finally:
-        plt.close(fig)
 
 
 def sample_values(tensors: list[Any], limit: int, generator: Any) -> Any:

@@ -113,6 +113,11 @@ class CoordCheck:
         from .probe_render import coord_table
         return coord_table(self, width)
 
+    def plot(self, path: str, subtitle: str | None = None) -> None:
+        """Per-layer activation RMS against width (log-log), one panel per step, to a PNG at ``path``."""
+        from .probe_render import plot_coord_check
+        plot_coord_check(self, path, subtitle)
+
 
 def coord_check(build: Callable[[float], tuple[nn.Module, Any]], widths: Sequence[float], loss: Loss, *,
                 steps: int = 3, lr: float = 1e-2, optimizer: str = "adam", param_groups: ParamGroups | None = None,

@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import InitSpecError, StepArgError
 from .primitives import RNG_LOCK, Block, DataPass, DataTarget, Op, Primitive
-from .probe import first_tensor, forward_order, run_model
+from .probe import first_tensor, forward_order, restore_buffers, run_model, saved_buffers
 from .sharding import is_dtensor, local_tensor, reshard_after_forward
 from .steps import Arg, builtin_step, number
 from .streams import stream_seed
@@ -71,21 +71,26 @@ def _seeded_rng(seed: int) -> Iterator[None]:
 
 
 def lsuv_pass(run: DataPass) -> list[dict[str, Any]]:
-    """Scale each target layer, in forward order, to the output std its op asks for."""
+    """Scale each target layer, in forward order, to the output std its op asks for. Buffers the forward
+    passes update (BatchNorm's running statistics in training mode) are put back afterwards, also on error."""
     by_module = {t.module: t for t in run.targets}
     sharded = any(is_dtensor(t.module._parameters[t.attr]) for t in run.targets)
     results = []
-    with torch.no_grad(), _seeded_rng(run.seed):
-        order = forward_order(run.model, run.batch, list(by_module))
-        missing = [t for t in run.targets if t.module not in order]
-        if missing:
-            raise InitSpecError(missing[0].op.origin, f"lsuv: layer {missing[0].module_name!r} (owner of "
-                                f"{missing[0].name!r}) is never called when the model runs on the batch",
-                                "select only layers the forward pass uses")
-        if sharded:
-            reshard_after_forward(run.model)
-        for module in order:
-            results.append(_scale_layer(run, by_module[module], sharded))
+    saved = saved_buffers(run.model)
+    try:
+        with torch.no_grad(), _seeded_rng(run.seed):
+            order = forward_order(run.model, run.batch, list(by_module))
+            missing = [t for t in run.targets if t.module not in order]
+            if missing:
+                raise InitSpecError(missing[0].op.origin, f"lsuv: layer {missing[0].module_name!r} (owner of "
+                                    f"{missing[0].name!r}) is never called when the model runs on the batch",
+                                    "select only layers the forward pass uses")
+            if sharded:
+                reshard_after_forward(run.model)
+            for module in order:
+                results.append(_scale_layer(run, by_module[module], sharded))
+    finally:
+        restore_buffers(saved)
     return results
 
 

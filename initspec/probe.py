@@ -129,6 +129,11 @@ class ProbeResult:
         from .probe_render import probe_table
         return probe_table(self, width)
 
+    def plot(self, path: str) -> None:
+        """Activation std and gradient std against depth, one line per module type, to a PNG at ``path``."""
+        from .probe_render import plot_probe
+        plot_probe(self, path)
+
 
 # ------------------------------------------------------------------ the probe
 

@@ -102,33 +102,53 @@ def plot_probe(result: Any, path: str) -> None:
     save(fig, path)
 
 
-def plot_coord_check(check: Any, path: str) -> None:
-    """The µP coordinate-check figure: per-layer activation RMS against width (log-log), one panel per step."""
+def plot_coord_check(check: Any, path: str, subtitle: str | None = None) -> None:
+    """The µP coordinate-check figure: per-layer activation RMS against width (log-log), one panel per step,
+    each panel titled with its largest slope; the verdict (and ``subtitle``: how it was trained) on top."""
     fig, axes = figure(1, len(check.steps), figsize=(4.2 * len(check.steps), 4.0), sharey=True)
     from matplotlib import colormaps
+    from matplotlib.ticker import NullLocator
     types = check.layer_types()                      # one line per layer, labelled by layer or by layer type
     classes = {r.module: r.type for r in check.rms}
     labels = types if len(types) > MAX_LEGEND else {m: f"{m} ({classes[m]})" for m in types}
-    colours = {label: colormaps["tab20"](i % 20) for i, label in enumerate(dict.fromkeys(labels.values()))}
+    distinct = list(dict.fromkeys(labels.values()))
+    palette = colormaps["tab10" if len(distinct) <= 10 else "tab20"]   # tab20 pairs similar shades: only if needed
+    colours = {label: palette(i % palette.N) for i, label in enumerate(distinct)}
     for ax, step in zip(axes[0], check.steps):
-        labelled = set()
+        labelled, zero = set(), []
         for module, label in labels.items():
-            points = [(r.width, r.rms) for r in check.rms if r.step == step and r.module == module and r.rms > 0]
+            points = [(r.width, r.rms) for r in check.rms if r.step == step and r.module == module]
+            if all(rms == 0 for _, rms in points):
+                zero.append(module)                  # no point on a log axis: named in the panel instead
+            points = [(w, rms) for w, rms in points if rms > 0]
             if not points:
                 continue
             colour = colours[label]
             ax.plot(*zip(*points), marker="o", markersize=3, color=colour,
                     label=None if label in labelled else label)
             labelled.add(label)
+        if zero:
+            ax.text(0.03, 0.97, f"0 at every width: {', '.join(zero)}", transform=ax.transAxes, fontsize=7,
+                    va="top", wrap=True)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(check.widths, [f"{w:g}" for w in check.widths])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_yscale("log")
-        ax.set_title(f"step {step}", fontsize=10)
+        ax.set_title(f"step {step}\n{largest_slope(check, step)}", fontsize=9)
         ax.set_xlabel(check.key)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("activation RMS")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))   # beside the last panel
-    fig.suptitle(check.verdict().removeprefix("verdict: "), fontsize=9)
+    title = check.verdict().removeprefix("verdict: ")
+    fig.suptitle(title if subtitle is None else f"{title}\n{subtitle}", fontsize=9)
     save(fig, path)
+
+
+def largest_slope(check: Any, step: int) -> str:
+    """``slope farthest from 0: +1.200`` and, on a line of its own, the layer (the least width-stable at ``step``)."""
+    rows = [s for s in check.slopes if s.step == step]
+    worst = max(rows, key=lambda s: float("inf") if s.slope is None else abs(s.slope))
+    return f"slope farthest from 0: {signed(worst.slope)}\n{worst.module or '(model)'}"
 
 
 def draw(ax: Any, lines: dict[str, list[tuple[int, float]]], xlabel: str, ylabel: str, title: str) -> None:

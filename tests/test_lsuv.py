@@ -87,6 +87,20 @@ def test_a_layer_with_zero_output_std_is_an_error_and_the_model_is_unchanged():
     assert_unchanged(model, before)
 
 
+def test_batchnorm_running_statistics_are_put_back_after_the_passes_and_on_error():
+    def net():
+        return nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8))   # training mode
+    model = net()
+    initspec.apply(model, SPEC, data=torch.randn(32, 8, generator=torch.Generator().manual_seed(0)) * 3 + 1)
+    assert int(model[1].num_batches_tracked) == 0 and float(model[1].running_mean.abs().max()) == 0
+    assert torch.equal(model[1].running_var, torch.ones(8))
+    model = net()
+    before = snapshot(model)
+    with pytest.raises(InitSpecError, match="std 0"):
+        initspec.apply(model, SPEC, data=torch.zeros(32, 8))
+    assert_unchanged(model, before)                            # buffers too
+
+
 def test_lsuv_must_end_its_pipeline_and_cannot_run_on_a_part():
     model = mlp(nn.Tanh, depth=1)
     with pytest.raises(InitSpecError) as err:
@@ -104,18 +118,22 @@ def test_lsuv_must_end_its_pipeline_and_cannot_run_on_a_part():
 def _lsuv_on_fsdp2(rank: int, world: int) -> dict:
     from torch.distributed.device_mesh import init_device_mesh
     mesh = init_device_mesh("cpu", (world,))
-    with torch.device("meta"):
-        model = mlp(nn.Tanh, depth=4)
-    shard(model, mesh, *(layer for layer in model if isinstance(layer, nn.Linear)))
-    batch = torch.randn(64, 64, generator=torch.Generator().manual_seed(100 + rank))   # each rank its own
-    report = initspec.apply(model, SPEC, device="cpu", data=batch)
-    return {"results": report.data_results,
-            "weights": {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}}
+    out = {}
+    for case, seed in (("own", 100 + rank), ("same", 100)):   # each rank its own batch; every rank the same one
+        with torch.device("meta"):
+            model = mlp(nn.Tanh, depth=4)
+        shard(model, mesh, *(layer for layer in model if isinstance(layer, nn.Linear)))
+        batch = torch.randn(64, 64, generator=torch.Generator().manual_seed(seed))
+        report = initspec.apply(model, SPEC, device="cpu", data=batch)
+        out[case] = {"results": report.data_results,
+                     "weights": {n: p.full_tensor().detach().clone() for n, p in model.named_parameters()}}
+    return out
 
 
 @pytest.mark.multiprocess
 def test_two_fsdp2_ranks_apply_the_same_scales(tmp_path):
-    ranks = spawn_ranks(_lsuv_on_fsdp2, 2, tmp_path, timeout=90)
+    both = spawn_ranks(_lsuv_on_fsdp2, 2, tmp_path, timeout=90)
+    ranks = [r["own"] for r in both]
     assert ranks[0]["results"] == ranks[1]["results"]          # the same pooled stds, so the same scales
     assert all(r["converged"] for r in ranks[0]["results"]) and len(ranks[0]["results"]) == 4
     for name, w in ranks[0]["weights"].items():
@@ -124,3 +142,8 @@ def test_two_fsdp2_ranks_apply_the_same_scales(tmp_path):
     model = mlp(nn.Tanh, depth=4)
     model.load_state_dict(ranks[0]["weights"])
     assert all(abs(s - 1) <= TOL for s in output_stds(model, pooled))   # unit std over both ranks' batches
+    single = mlp(nn.Tanh, depth=4)                             # the same batch on every rank: one process's values
+    report = initspec.apply(single, SPEC, data=torch.randn(64, 64, generator=torch.Generator().manual_seed(100)))
+    assert both[0]["same"]["results"] == report.data_results
+    for name, p in single.named_parameters():
+        assert torch.equal(both[0]["same"]["weights"][name], p.detach()), name

@@ -90,13 +90,18 @@ def coordinate_check(cfg: Any, args: argparse.Namespace) -> int:
         width, base_width = multipliers.pop(model)
         return mup_param_groups(model, lr, width=width, base_width=base_width)
 
+    steps = 3 if args.steps is None else args.steps
+    lr = 0.01 if args.lr is None else args.lr
+    optimizer = args.optimizer or "adam"
     check = model_errors(lambda: coord_check(
-        build, values, loss, steps=3 if args.steps is None else args.steps, lr=0.01 if args.lr is None else args.lr,
-        optimizer=args.optimizer or "adam", param_groups=mup_groups if args.lr_scaling == "mup" else None,
+        build, values, loss, steps=steps, lr=lr, optimizer=optimizer,
+        param_groups=mup_groups if args.lr_scaling == "mup" else None,
         tolerance=TOLERANCE if args.tolerance is None else args.tolerance, key=key))
     print(check.to_json() if args.format == "json" else check.table(width=args.width), end="")
     if args.plot:
-        plot_coord_check(check, args.plot)
+        rates = "µP learning rates (mup_param_groups)" if args.lr_scaling == "mup" else "the same lr for every layer"
+        trained = f"{steps} step{'' if steps == 1 else 's'} on one batch"
+        plot_coord_check(check, args.plot, f"{optimizer}, lr {lr:g}, {rates}, {trained}")
     show_plot(args)
     return 0
 
