@@ -234,7 +234,7 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
     """One histogram panel per rule, with the expected std in the title (no pyplot: the caller's backend and
     figures are left alone)."""
     import torch
-    from matplotlib.figure import Figure
+    from .figures import figure, save
     from .sharding import local_tensor
     from .tree import walk
     tensors = {s.name: s.tensor for s in walk(report.model).tensors}
@@ -244,8 +244,7 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
         return
     cols = min(3, len(rules))
     rows = (len(rules) + cols - 1) // cols
-    fig = Figure(figsize=(4.5 * cols, 3.2 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
+    fig, axes = figure(rows, cols, figsize=(4.5 * cols, 3.2 * rows))
     generator = torch.Generator().manual_seed(0)
     for ax, rule in zip(axes.flat, rules):
         values = [local_tensor(tensors[e.name]).detach()
@@ -261,12 +260,7 @@ def plot_histograms(report: Any, path: str, max_values: int = 200_000) -> None:
         ax.locator_params(axis="x", nbins=5)
     for ax in list(axes.flat)[len(rules):]:
         ax.axis("off")
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except (OSError, ValueError) as exc:   # unwritable path, unknown image format
-        from .errors import InitSpecError
-        raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
+    save(fig, path)
 
 
 def sample_values(tensors: list[Any], limit: int, generator: Any) -> Any:

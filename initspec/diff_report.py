@@ -261,15 +261,12 @@ def _listed(names: tuple[str, ...], limit: int = 8) -> str:
 
 def plot_differences(report: DiffReport, path: str, max_panels: int = 12) -> None:
     """Overlaid histograms of the sampled values of differing tensors (each side's bars sum to 1)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .errors import InitSpecError
+    from .figures import figure, save
     rows = [r for r in report.differing if r.samples is not None]
     shown = rows[:max_panels]
     cols = max(1, min(3, len(shown)))
     nrows = max(1, (len(shown) + cols - 1) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = figure(nrows, cols, figsize=(4.8 * cols, 3.2 * nrows))
     for ax, row in zip(axes.flat, shown):
         a, b = (s.float()[torch.isfinite(s.float())] for s in row.samples)   # NaN/inf would blank the panel
         both = torch.cat([a, b])
@@ -291,10 +288,4 @@ def plot_differences(report: DiffReport, path: str, max_panels: int = 12) -> Non
         axes.flat[0].text(0.5, 0.5, "no tensor differs in its values", ha="center", va="center")
     elif len(rows) > len(shown):
         fig.suptitle(f"{len(shown)} of {len(rows)} differing tensors", fontsize=9)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except (OSError, ValueError) as exc:   # unwritable path, unknown image format
-        raise InitSpecError("plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None
-    finally:
-        plt.close(fig)
+    save(fig, path, "plot")

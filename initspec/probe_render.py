@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import InitSpecError
+from .figures import figure, save
 
 MAX_LEGEND = 10   # more layers than this: one colour and one legend entry per layer type
 
@@ -163,19 +163,3 @@ def draw(ax: Any, lines: dict[str, list[tuple[int, float]]], xlabel: str, ylabel
     ax.grid(True, which="both", alpha=0.3)
     if lines:
         ax.legend(fontsize=7, loc="best")
-
-
-def figure(rows: int, cols: int, **options: Any) -> tuple[Any, Any]:
-    """A matplotlib Figure and its axes grid, made without pyplot (no global figure manager or backend
-    switch: saving a .png goes through the Agg canvas)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=options.pop("figsize"))
-    return fig, fig.subplots(rows, cols, squeeze=False, **options)
-
-
-def save(fig: Any, path: str) -> None:
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-    except (OSError, ValueError) as exc:   # unwritable path, unknown image format
-        raise InitSpecError("--plot", f"cannot write {path!r}: {exc}", "give a writable .png path") from None

@@ -98,6 +98,17 @@ def assert_same_values(got: dict[str, torch.Tensor], want: dict[str, torch.Tenso
     assert not differ, f"{what}: {differ} differ"
 
 
+def cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``initspec ARGS`` in this process: (exit code, stdout, stderr)."""
+    from initspec.cli import main
+    try:
+        code = main(list(args))
+    except SystemExit as exc:   # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def table_row(text: str, name: str) -> str:
     """The line of ``name`` in a table that ``explain()`` or the command prints."""
     return next(line for line in text.splitlines() if line.startswith(f"│ {name} "))

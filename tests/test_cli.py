@@ -14,8 +14,8 @@ import pytest
 from safetensors import safe_open
 
 from initspec import preset_names
-from initspec.cli import Progress, main
-from conftest import table_row as row
+from initspec.cli import Progress
+from conftest import table_row as row, cli
 
 TIMEOUT = 180
 
@@ -28,16 +28,6 @@ def command() -> list[str]:
 def run(*args, cwd=None):
     proc = subprocess.run([*command(), *args], capture_output=True, text=True, timeout=TIMEOUT, cwd=cwd)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def cli(capsys, *args):
-    """``initspec ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:   # argparse usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------ as a subprocess

@@ -10,10 +10,10 @@ import torch
 
 import initspec
 from initspec import InitSpecError
-from initspec.cli import main
 from initspec.coordcheck import coord_check, log_log_slope
 from initspec.models.mup import MuMLP, mup_param_groups
 from initspec.probe_data import RandomLabelLoss, random_features
+from conftest import cli
 
 WIDTHS = (32, 64, 128, 256)
 BASE = 32          # the widths here are the base width and up, as muP is used (tune small, scale up)
@@ -85,15 +85,6 @@ def test_the_global_rng_is_left_alone_and_settings_are_checked():
 
 
 # ------------------------------------------------------------------ the command
-
-def cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_the_command_sweeps_a_config_key_with_mup_learning_rates(capsys, tmp_path):
     png = tmp_path / "coord.png"

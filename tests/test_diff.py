@@ -16,8 +16,8 @@ from torch import nn
 import initspec
 from initspec.compare import SAMPLE
 from initspec.models.gpt import gpt2_small, gpt_tiny
-from conftest import table_row
-from test_cli import cli, run
+from conftest import cli, table_row
+from test_cli import run
 
 N = (512, 512)
 

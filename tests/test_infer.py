@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 import initspec
-from initspec.cli import main
 from initspec.models.gpt import gpt_tiny
 from initspec.models.llama import llama_tiny
 from initspec.models.megatron import megatron_tiny
@@ -29,6 +28,7 @@ from initspec.models.olmo import olmo_tiny
 from initspec.models.resnet import ResNet, resnet
 from initspec.models.seed import mlp, shared_net
 from initspec.models.vit import vit_tiny
+from conftest import cli
 
 diff = initspec.diff
 GEN = 20240
@@ -372,15 +372,6 @@ def test_values_from_a_file_into_a_meta_structure(tmp_path):
 
 
 # --------------------------------------------------------------------------- CLI
-
-def cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def test_cli_writes_the_spec_to_stdout_or_out(capsys, tmp_path):
     code, out, err = cli(capsys, "infer", "model=gpt_tiny")

@@ -44,3 +44,13 @@ def test_stats_histograms(matplotlib_state, tmp_path):
     from initspec.models.seed import mlp
     plot_histograms(initspec.apply(mlp(), "seed_normal"), str(tmp_path / "hist.png"))
     assert (tmp_path / "hist.png").read_bytes()[:8] == PNG
+
+
+def test_diff_histograms(matplotlib_state, tmp_path):
+    a = nn.Linear(64, 64)
+    b = nn.Linear(64, 64)
+    nn.init.zeros_(b.bias)
+    report = initspec.diff(a, b)
+    assert not report.ok
+    report.plot(str(tmp_path / "diff.png"))
+    assert (tmp_path / "diff.png").read_bytes()[:8] == PNG

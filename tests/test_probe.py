@@ -7,14 +7,12 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import initspec
 from initspec import InitSpecError
-from initspec.cli import main
 from initspec.probe_data import NextTokenLoss, RandomLabelLoss, random_images, random_tokens
-from conftest import assert_unchanged, snapshot
+from conftest import assert_unchanged, snapshot, cli
 
 
 class SmallNet(nn.Module):
@@ -177,15 +175,6 @@ def test_a_gpt_with_tuple_inputs_dicts_and_a_tied_head():
 
 
 # ------------------------------------------------------------------ the command
-
-def cli(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 @pytest.mark.parametrize("model, preset, probe, first", [
     ("gpt_tiny", "gpt2", "tokens", "transformer.wte"),
