@@ -102,6 +102,7 @@ def main() -> None:
         if rank == 0:
             print(f"step {step} loss {float(mean) / world:.4f}", flush=True)
     assert model.lm_head.weight is model.transformer.wte.weight, "the tie did not survive training"
+    dist.barrier()                 # every rank done with its collectives before the group goes
     dist.destroy_process_group()
 
 
