@@ -210,3 +210,15 @@ def test_wheel_in_a_fresh_venv_serves_presets_to_a_user_app(tmp_path):
     files = next(line for line in proc.stdout.splitlines() if line.startswith("FILES")).split()[1:]
     assert len(files) == 3 and all(f.startswith(str(venv)) for f in files), files   # the wheel, not the checkout
     assert "STD 0.01 TIED True" in proc.stdout                        # gpt2 preset, n_layer=2 from the model
+
+    # The wheel's console script in the same app: the newer commands find the app's config and the
+    # shipped presets and probe configs as the others do.
+    script = str(venv / "bin" / "initspec")
+    app_config = ["--config-dir", "conf", "--config-name", "config"]
+    for args, code, expect in (
+            (["diff", "spec", "spec", *app_config, "initspec=gpt2"], 0, "28 tensors: 28 identical"),
+            (["diff", "spec", "native", *app_config, "initspec=gpt2"], 1, "differs"),
+            (["infer", *app_config], 0, "rules:"),
+            (["probe", *app_config, "+probe=tokens", "--format", "json"], 0, '"modules"')):
+        proc = subprocess.run([script, *args], cwd=app, env=env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == code and expect in proc.stdout, (args, proc.stdout[-2000:], proc.stderr[-2000:])
