@@ -26,7 +26,8 @@ init fail a check about once in a million, measured over 200k pairs per size):
 * KS: the two-sample Kolmogorov-Smirnov p-value is at least 1e-6 (asymptotic
   Kolmogorov distribution with Stephens' correction), on every value of a
   tensor of up to 32768 values, else on 32768 of them: one drawn from each of
-  32768 equal stretches of the flattened tensor, seeded per tensor.
+  32768 equal stretches of the flattened tensor, at positions seeded per side
+  (the same for every tensor of one size).
 
 Small tensors carry little information: the tolerances widen by themselves,
 and a tensor whose std cannot be pinned to +-10% says so in its reason
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -47,6 +49,7 @@ KS_ALPHA = 1e-6      # a KS p-value below this is a difference
 Z = 5.0              # std, mean and zero-fraction tolerances, in standard errors (many values)
 TAIL_COUNT = 40      # sampled values outside the other side's [min, max] that make a difference
 SMALL_STD = 0.10     # a std tolerance wider than this is reported as "small"
+SEEDS = (0, 1)       # seeds of the sample positions of side a and side b
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -127,7 +130,8 @@ def method(sample: int = SAMPLE) -> dict:
             "test": "two-sample Kolmogorov-Smirnov, asymptotic p-value with Stephens' correction "
                     "Q((sqrt(n) + 0.12 + 0.11 / sqrt(n)) D), n = n_a n_b / (n_a + n_b)",
             "sample": f"every value of a tensor of up to {sample}, else {sample}: one from each of {sample} equal "
-                      "stretches of the flattened tensor, at a position drawn by a generator seeded by tensor name",
+                      "stretches of the flattened tensor, at positions drawn by a generator seeded per side "
+                      "(0 for a, 1 for b; tensors of one size share them)",
             "ks_p_min": KS_ALPHA,
             "z": f"{Z:g} standard errors, widened for df = min(n_a, n_b) - 1 values: "
                  "z + (z^3 + z)/(4 df) + (5 z^5 + 16 z^3 + 3 z)/(96 df^2)",
@@ -184,18 +188,38 @@ def bitwise_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     return torch.equal(x, y)
 
 
-def draw_sample(tensor: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Every value when there are at most ``size``; else one value from each of ``size`` equal
-    stretches of the flattened tensor, at a position drawn uniformly by a generator seeded with
-    ``seed`` (stratified, without replacement: the positions ignore the values, so values drawn
-    i.i.d. stay i.i.d., and row blocks of different inits are sampled in proportion). As float, unsorted."""
+class SampleKey(NamedTuple):
+    """What a tensor's sample positions depend on (never its values)."""
+
+    numel: int
+    size: int
+    seed: int
+
+
+def sample_positions(key: SampleKey) -> torch.Tensor:
+    """One position from each of ``key.size`` equal stretches of ``range(key.numel)``, drawn
+    uniformly by a generator seeded with ``key.seed`` (stratified, without replacement)."""
+    starts = torch.arange(key.size + 1, dtype=torch.int64) * key.numel // key.size
+    offsets = torch.rand(key.size, generator=torch.Generator().manual_seed(key.seed), dtype=torch.float64)
+    return starts[:-1] + (offsets * (starts[1:] - starts[:-1])).long()
+
+
+def draw_sample(tensor: torch.Tensor, size: int, seed: int,
+                positions: dict[SampleKey, torch.Tensor] | None = None) -> torch.Tensor:
+    """Every value when there are at most ``size``; else the values at :func:`sample_positions`
+    (the positions ignore the values, so values drawn i.i.d. stay i.i.d., and row blocks of
+    different inits are sampled in proportion). As float, unsorted. ``positions`` caches the
+    positions per :class:`SampleKey`: tensors of one size share them."""
     flat = _as_float(tensor.detach()).reshape(-1)
     n = flat.numel()
     if n <= size:
         return flat
-    starts = torch.arange(size + 1, dtype=torch.int64) * n // size
-    offsets = torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    index = starts[:-1] + (offsets * (starts[1:] - starts[:-1])).long()
+    key = SampleKey(n, size, seed)
+    index = positions.get(key) if positions is not None else None
+    if index is None:
+        index = sample_positions(key)
+        if positions is not None:
+            positions[key] = index
     return flat[index.to(flat.device)]
 
 
@@ -227,11 +251,24 @@ def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
     values ends, as the right-continuous CDFs are.
     """
     n_a, n_b = a.numel(), b.numel()
-    values, order = torch.cat((a.reshape(-1), b.reshape(-1))).sort()
+    keys, order = sort_key(torch.cat((a.reshape(-1), b.reshape(-1)))).sort()
     steps = torch.where(order < n_a, n_b, -n_a)
-    run_ends = torch.ones(values.numel(), dtype=torch.bool, device=values.device)
-    run_ends[:-1] = values[1:] != values[:-1]
+    run_ends = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
+    run_ends[:-1] = keys[1:] != keys[:-1]
     return int(steps.cumsum(0)[run_ends].abs().max()) / (n_a * n_b)
+
+
+def sort_key(v: torch.Tensor) -> torch.Tensor:
+    """Integers that order (and tie) as the finite float32/float64 values ``v`` do; torch sorts
+    integers by radix, ten times faster than floats on the CPU (0.6 vs 6.2 ms for 65536 values).
+
+    IEEE 754: non-negative floats order as their bit patterns read as signed integers; negative
+    ones order in reverse, so their bits other than the sign are flipped. -0.0 becomes 0.0 first.
+    """
+    signed = {torch.float32: torch.int32, torch.float64: torch.int64}[v.dtype]
+    bits = (v + 0.0).view(signed)
+    magnitude = torch.iinfo(signed).max
+    return bits ^ ((bits >> (8 * bits.element_size() - 1)) & magnitude)
 
 
 def ks_test(a: torch.Tensor, b: torch.Tensor) -> KS:
@@ -246,20 +283,23 @@ def ks_2samp(a: torch.Tensor, b: torch.Tensor) -> KS:
     return ks_test(_as_float(a.detach()).reshape(-1), _as_float(b.detach()).reshape(-1))
 
 
-def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1)) -> Comparison:
+def compare(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = SEEDS) -> Comparison:
     """The verdict for tensor ``x`` (side a) against ``y`` (side b); see the module docstring."""
     return judge(measure(x, y, sample=sample, seeds=seeds))
 
 
-def measure(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = (0, 1)) -> Measured:
-    """The passes over the whole tensors (bitwise equality, summaries) and the samples, seeded by ``seeds``."""
+def measure(x: torch.Tensor, y: torch.Tensor, *, sample: int = SAMPLE, seeds: tuple[int, int] = SEEDS,
+            positions: dict[SampleKey, torch.Tensor] | None = None) -> Measured:
+    """The passes over the whole tensors (bitwise equality, summaries) and the samples, side a's
+    positions seeded by ``seeds[0]`` and side b's by ``seeds[1]`` (cached in ``positions``)."""
     if bitwise_equal(x, y):
         summary = summarize(x)
         return Measured(summary, summary, True)
     a, b = summarize(x), summarize(y)
     if a.numel == 0 or b.numel == 0:
         return Measured(a, b, False)
-    return Measured(a, b, False, (draw_sample(x, sample, seeds[0]), draw_sample(y, sample, seeds[1])))
+    return Measured(a, b, False, (draw_sample(x, sample, seeds[0], positions),
+                                  draw_sample(y, sample, seeds[1], positions)))
 
 
 def judge(m: Measured, keep_samples: int = 4096) -> Comparison:

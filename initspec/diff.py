@@ -15,16 +15,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .compare import DIFFERS, SAMPLE, Comparison, Measured, judge, measure, summarize
+from .compare import DIFFERS, SAMPLE, Comparison, Measured, SampleKey, judge, measure, summarize
 from .diff_report import ONLY_IN_A, ONLY_IN_B, DiffReport, TensorDiff
 from .errors import InitSpecError, StepArgError
 from .execute import default_threads
@@ -60,8 +59,8 @@ def diff(a: Any, b: Any, *, labels: tuple[str, str] = ("a", "b"), sample: int = 
     mean and zero fraction within 5 standard errors and no tail beyond the other side's range),
     or ``differs`` with the reason ("std 0.0300 vs 0.0200 ...", "bounded at ±0.0400 vs unbounded",
     "constant 1 vs 0"). Names on one side only are rows ``only in a`` / ``only in b``; a tie one
-    side has and the other lacks makes its rows differ. Sampling is seeded by tensor name, so the
-    same inputs give the same report. ``labels`` name the sides in the table.
+    side has and the other lacks makes its rows differ. Sample positions are seeded per side (and
+    computed once per tensor size), so the same inputs give the same report. ``labels`` name the sides in the table.
     """
     if not isinstance(sample, int) or isinstance(sample, bool) or sample < 2:
         raise InitSpecError("sample", f"sample must be an integer >= 2, got {sample!r}",
@@ -69,9 +68,15 @@ def diff(a: Any, b: Any, *, labels: tuple[str, str] = ("a", "b"), sample: int = 
     with contextlib.ExitStack() as files:
         side_a = open_side(a, "a", labels[0], files)
         side_b = open_side(b, "b", labels[1], files)
-        found = [_measure(side_a, side_b, names, sample) for names in _groups(side_a, side_b)]
-    judged = _judge_all([m for _, m in found if isinstance(m, Measured)])
-    rows = [m if isinstance(m, TensorDiff) else _row(side_a, side_b, names, next(judged)) for names, m in found]
+        positions: dict[SampleKey, torch.Tensor] = {}
+        groups = _groups(side_a, side_b)
+        found = [_measure(side_a, side_b, names, sample, positions) for names in groups]
+    # judging sorts and tests the samples: small single-threaded torch ops that release the GIL, so
+    # it runs on as many threads as torch uses for one op (once the big passes are done with the cores)
+    with ThreadPoolExecutor(max_workers=default_threads()) as judges:
+        judged = [judges.submit(judge, m) if isinstance(m, Measured) else m for m in found]
+        rows = [m if isinstance(m, TensorDiff) else _row(side_a, side_b, names, m.result())
+                for names, m in zip(groups, judged)]
     return DiffReport((labels[0], labels[1]), tuple(rows), sample)
 
 
@@ -147,27 +152,17 @@ def _groups(a: Side, b: Side) -> list[list[str]]:
     return list(groups.values())
 
 
-def _measure(a: Side, b: Side, names: list[str], sample: int) -> tuple[list[str], TensorDiff | Measured]:
+def _measure(a: Side, b: Side, names: list[str], sample: int,
+             positions: dict[SampleKey, torch.Tensor]) -> TensorDiff | Measured:
     """The passes over whole tensors for one group of names: its row when one side lacks it, else
-    what :func:`initspec.compare.measure` found (samples seeded by the group's first name)."""
+    what :func:`initspec.compare.measure` found (sample positions cached in ``positions``)."""
     name, aliases = names[0], tuple(names[1:])
     head_a, head_b = a.heads.get(name), b.heads.get(name)
     if head_b is None:
-        return names, TensorDiff(name, ONLY_IN_A, f"not in {b.label}", summarize(a.read(head_a)), None, aliases)
+        return TensorDiff(name, ONLY_IN_A, f"not in {b.label}", summarize(a.read(head_a)), None, aliases)
     if head_a is None:
-        return names, TensorDiff(name, ONLY_IN_B, f"not in {a.label}", None, summarize(b.read(head_b)), aliases)
-    seeds = (zlib.crc32(f"a:{name}".encode()), zlib.crc32(f"b:{name}".encode()))
-    return names, measure(a.read(head_a), b.read(head_b), sample=sample, seeds=seeds)
-
-
-def _judge_all(measured: list[Measured]) -> Iterator[Comparison]:
-    """Verdicts in order; judging sorts and tests samples (small single-threaded torch ops that
-    release the GIL), so it runs on as many threads as torch uses for one op."""
-    threads = min(default_threads(), len(measured))
-    if threads <= 1:
-        return iter([judge(m) for m in measured])
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        return iter(list(pool.map(judge, measured)))
+        return TensorDiff(name, ONLY_IN_B, f"not in {a.label}", None, summarize(b.read(head_b)), aliases)
+    return measure(a.read(head_a), b.read(head_b), sample=sample, positions=positions)
 
 
 def _row(a: Side, b: Side, names: list[str], result: Comparison) -> TensorDiff:
