@@ -252,10 +252,9 @@ def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
     """
     n_a, n_b = a.numel(), b.numel()
     keys, order = sort_key(torch.cat((a.reshape(-1), b.reshape(-1)))).sort()
-    steps = torch.where(order < n_a, n_b, -n_a)
-    run_ends = torch.ones(keys.numel(), dtype=torch.bool, device=keys.device)
-    run_ends[:-1] = keys[1:] != keys[:-1]
-    return int(steps.cumsum(0)[run_ends].abs().max()) / (n_a * n_b)
+    gap = torch.where(order < n_a, n_b, -n_a).cumsum_(0).abs_()   # n_a n_b |F_a - F_b| after each value
+    gap[:-1][keys[1:] == keys[:-1]] = 0                           # inside a run of equal values: not read
+    return int(gap.max()) / (n_a * n_b)
 
 
 def sort_key(v: torch.Tensor) -> torch.Tensor:
@@ -267,8 +266,8 @@ def sort_key(v: torch.Tensor) -> torch.Tensor:
     """
     signed = {torch.float32: torch.int32, torch.float64: torch.int64}[v.dtype]
     bits = (v + 0.0).view(signed)
-    magnitude = torch.iinfo(signed).max
-    return bits ^ ((bits >> (8 * bits.element_size() - 1)) & magnitude)
+    negative_mask = (bits >> (8 * bits.element_size() - 1)).bitwise_and_(torch.iinfo(signed).max)
+    return bits.bitwise_xor_(negative_mask)
 
 
 def ks_test(a: torch.Tensor, b: torch.Tensor) -> KS:
@@ -370,12 +369,14 @@ def _constant_vs_random(a: Summary, b: Summary) -> str:
 
 def _kurtosis(sample: torch.Tensor) -> float:
     """E[(x - m)^4] / var^2 of the sample, between 1.8 (a uniform's) and the sample size."""
-    x = sample.double()
-    centered = x - x.mean()
-    var = float((centered * centered).mean())
+    n = sample.numel()
+    squares = sample.to(torch.float64, copy=True)
+    squares.sub_(squares.mean()).square_()      # (x - m)^2, in one buffer
+    var = float(squares.mean())
     if var <= 0:
-        return max(1.8, float(x.numel()))
-    return min(max(1.8, float((centered ** 4).mean()) / (var * var)), max(1.8, float(x.numel())))
+        return max(1.8, float(n))
+    fourth = float(torch.dot(squares, squares)) / n
+    return min(max(1.8, fourth / (var * var)), max(1.8, float(n)))
 
 
 def z_small(df: int) -> float:
