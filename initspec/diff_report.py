@@ -5,7 +5,6 @@ A leaf above :mod:`initspec.compare`: rows hold its :class:`Summary` and
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections import Counter
@@ -182,26 +181,20 @@ def pooled(summaries: list[Summary]) -> Summary | None:
 # ------------------------------------------------------------------ the table
 
 def render(report: DiffReport, width: int | None = None, collapse: bool = True) -> str:
-    from rich.console import Console
-    from rich.table import Table
+    from .render import table, text_of
     la, lb = report.labels
-    table = Table(title=f"initspec diff: {la} (a) vs {lb} (b)", show_lines=True)
+    rows = table(f"initspec diff: {la} (a) vs {lb} (b)", show_lines=True)
     for column in ("tensor", "shape", "dtype", "side", "mean", "std", "min", "max", "zeros", "verdict", "reason"):
-        table.add_column(column, overflow="fold")
+        rows.add_column(column, overflow="fold")
     for shown in shown_rows(report, collapse):
         a = pooled([r.a for r in shown.members if r.a is not None])
         b = pooled([r.b for r in shown.members if r.b is not None])
         shapes = [_distinct(r.a.shape for r in shown.members if r.a), _distinct(r.b.shape for r in shown.members if r.b)]
         dtypes = [_distinct(r.a.dtype for r in shown.members if r.a), _distinct(r.b.dtype for r in shown.members if r.b)]
-        table.add_row(shown.label, _pair(*shapes), _pair(*dtypes), f"{la}\n{lb}",
-                      *(f"{_stat(a, key)}\n{_stat(b, key)}" for key in ("mean", "std", "min", "max")),
-                      f"{_zeros(a)}\n{_zeros(b)}", shown.first.verdict, _reason(shown))
-    console = Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
-                      highlight=False, soft_wrap=False, markup=False)   # names and ranges hold [ ]
-    console.print(table)
-    for line in footer(report):
-        console.print(line)
-    return console.file.getvalue()
+        rows.add_row(shown.label, _pair(*shapes), _pair(*dtypes), f"{la}\n{lb}",
+                     *(f"{_stat(a, key)}\n{_stat(b, key)}" for key in ("mean", "std", "min", "max")),
+                     f"{_zeros(a)}\n{_zeros(b)}", shown.first.verdict, _reason(shown))
+    return text_of(rows, *footer(report), width=width)
 
 
 def _distinct(values) -> str:

@@ -6,23 +6,12 @@ objects and imports neither. matplotlib is imported only by the plot functions.
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from .figures import figure, save
+from .render import table, text_of
 
 MAX_LEGEND = 10   # more layers than this: one colour and one legend entry per layer type
-
-
-def text_of(*renderables: Any, width: int | None = None) -> str:
-    console = Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
-                      highlight=False, soft_wrap=False)
-    for item in renderables:
-        console.print(item)
-    return console.file.getvalue()
 
 
 def number(x: float | None) -> str:
@@ -32,27 +21,27 @@ def number(x: float | None) -> str:
 def probe_table(result: Any, width: int | None = None) -> str:
     """One row per module in forward order; with gradients, a row per parameter under its module."""
     loss = "" if result.loss is None else f", loss {result.loss:.4g}"
-    table = Table(title=f"initspec probe ({len(result.modules)} modules in forward order{loss})")
+    rows = table(f"initspec probe ({len(result.modules)} modules in forward order{loss})")
     columns = ["#", "module", "type", "calls", "mean", "std", "rms", "zeros"]
     if result.params:
         columns += ["grad std", "|grad|/|w|"]
     for column in columns:
-        table.add_column(column, overflow="fold", justify="right" if column not in ("module", "type") else "left")
+        rows.add_column(column, overflow="fold", justify="right" if column not in ("module", "type") else "left")
     params: dict[str, list[Any]] = {}
     for p in result.params:
         params.setdefault(p.module, []).append(p)
     for m in result.modules:
         cells = [str(m.index), m.name or "(model)", m.type, str(m.calls), number(m.mean), number(m.std),
                  number(m.rms), f"{100 * m.zero_fraction:.1f}%"]
-        table.add_row(*cells, *(["", ""] if result.params else []))
+        rows.add_row(*cells, *(["", ""] if result.params else []))
         for p in params.pop(m.name, []):
-            table.add_row("", "  ." + p.name.rpartition(".")[2], "", "", "", "", "", "", number(p.grad_std),
+            rows.add_row("", "  ." + p.name.rpartition(".")[2], "", "", "", "", "", "", number(p.grad_std),
                           number(p.grad_to_weight))
     for rest in params.values():          # parameters of modules that never ran
         for p in rest:
-            table.add_row("", p.name, "(not called)", "", "", "", "", "", number(p.grad_std),
+            rows.add_row("", p.name, "(not called)", "", "", "", "", "", number(p.grad_std),
                           number(p.grad_to_weight))
-    return text_of(table, width=width)
+    return text_of(rows, width=width)
 
 
 def coord_table(check: Any, width: int | None = None) -> str:
@@ -60,7 +49,7 @@ def coord_table(check: Any, width: int | None = None) -> str:
     steps = [f"step {s}" for s in check.steps]
     header = (f"coordinate check: slope of log RMS vs log {check.key} over "
               f"{', '.join(f'{w:g}' for w in check.widths)}, per layer")
-    layers = Table()
+    layers = table()
     for column in ("module", "type", *steps):
         layers.add_column(column, justify="right" if column.startswith("step") else "left")
     per_module: dict[str, list[Any]] = {}
@@ -68,7 +57,7 @@ def coord_table(check: Any, width: int | None = None) -> str:
         per_module.setdefault(s.module, []).append(s)
     for module, rows in per_module.items():
         layers.add_row(module or "(model)", rows[0].type, *(signed(r.slope) for r in rows))
-    types = Table()
+    types = table()
     for column in ("layer type (largest |slope|)", *steps):
         types.add_column(column, justify="right" if column.startswith("step") else "left")
     for kind, at in check.by_type().items():

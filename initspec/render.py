@@ -1,20 +1,31 @@
-"""Tables for plans and reports (rich), as plain text.
+"""Tables for plans and reports (rich), as plain text; :func:`table` and :func:`text_of` are the one
+way every command renders a table.
 
 A leaf module: it reads the fields of :class:`~initspec.results.Plan` and
-:class:`~initspec.report.Report` objects and imports neither.
+:class:`~initspec.report.Report` objects and imports neither. rich is imported
+only when a table is rendered (``import initspec`` stays light).
 """
 from __future__ import annotations
 
 import io
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+
+def table(title: str | None = None, **options: Any) -> Any:
+    """A ``rich.table.Table``."""
+    from rich.table import Table
+    return Table(title=title, **options)
 
 
-def _console(width: int | None) -> Console:
-    return Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
-                   highlight=False, soft_wrap=False)
+def text_of(*renderables: Any, width: int | None = None) -> str:
+    """``renderables`` (tables, strings) printed one after the other as plain text, ``width`` columns
+    wide (default 200). Text is never read as rich markup: names and patterns hold ``[ ]``."""
+    from rich.console import Console
+    console = Console(file=io.StringIO(), width=width or 200, color_system=None, force_terminal=False,
+                      highlight=False, soft_wrap=False, markup=False)
+    for item in renderables:
+        console.print(item)
+    return console.file.getvalue()
 
 
 def _num(x: float | None) -> str:
@@ -62,51 +73,42 @@ def _rule(entry) -> str:
 
 
 def render_plan(plan: Any, width: int | None = None) -> str:
-    table = Table(title=f"initspec plan (seed {plan.seed}, streams {plan.streams})", show_lines=False)
+    rows = table(f"initspec plan (seed {plan.seed}, streams {plan.streams})", show_lines=False)
     for column in ("parameter", "shape", "rule", "steps", "tie", "shadowed"):
-        table.add_column(column, overflow="fold")
+        rows.add_column(column, overflow="fold")
     for e in plan.entries:
-        table.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
-                      e.tie or "", ", ".join(e.shadowed))
+        rows.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
+                     e.tie or "", ", ".join(e.shadowed))
         for f in e.parts:
-            table.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "", "")
-    console = _console(width)
-    console.print(table)
-    for line in _footer(plan):
-        console.print(line)
-    return console.file.getvalue()
+            rows.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "", "")
+    return text_of(rows, *_footer(plan), width=width)
 
 
 def render_report(report: Any, width: int | None = None) -> str:
     plan = report.plan
-    table = Table(title=f"initspec report (seed {plan.seed}, {report.seconds:.3f} s)")
+    rows = table(f"initspec report (seed {plan.seed}, {report.seconds:.3f} s)")
     for column in ("parameter", "shape", "rule", "steps", "tie", "expected std", "mean", "std", "min", "max", "zeros"):
-        table.add_column(column, overflow="fold")
+        rows.add_column(column, overflow="fold")
     stats = report.stats
     for e in plan.entries:
-        table.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
-                      e.tie or "", _num(e.expected_std), *_measured(stats.get(e.name)))
+        rows.add_row(_name(e), _shape(e.shape), _rule(e), _steps(e) if e.rule or not e.parts else "",
+                     e.tie or "", _num(e.expected_std), *_measured(stats.get(e.name)))
         for f in e.parts:
-            table.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "",
-                          _num(f.expected_std), *_measured(stats.get(f.part.key(e.name))))
-    console = _console(width)
-    console.print(table)
-    if report.data_results:
-        console.print(_data_table(report.data_results))
-    for line in _footer(plan):
-        console.print(line)
-    return console.file.getvalue()
+            rows.add_row(f"{e.name} {f.part.label}", _shape(f.part.shape_in(e.shape)), f.rule, f.steps, "",
+                         _num(f.expected_std), *_measured(stats.get(f.part.key(e.name))))
+    data = [_data_table(report.data_results)] if report.data_results else []
+    return text_of(rows, *data, *_footer(plan), width=width)
 
 
-def _data_table(results: tuple[dict[str, Any], ...]) -> Table:
+def _data_table(results: tuple[dict[str, Any], ...]) -> Any:
     """What data-dependent steps measured, one row per result (columns from the results' keys)."""
     columns = list(dict.fromkeys(k for row in results for k in row))
-    table = Table(title="data-dependent steps")
+    rows = table("data-dependent steps")
     for column in columns:
-        table.add_column(column.replace("_", " "))
+        rows.add_column(column.replace("_", " "))
     for row in results:
-        table.add_row(*(_num(v) if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)))
-    return table
+        rows.add_row(*(_num(v) if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)))
+    return rows
 
 
 def _measured(s: Any) -> tuple[str, ...]:
@@ -116,13 +118,11 @@ def _measured(s: Any) -> tuple[str, ...]:
 
 
 def render_rule_stats(report: Any, width: int | None = None) -> str:
-    table = Table(title="statistics per rule")
+    rows = table("statistics per rule")
     for column in ("rule", "tensors", "numel", "expected std", "std", "mean", "min", "max"):
-        table.add_column(column)
+        rows.add_column(column)
     for rule, acc in report.rule_stats().items():
-        table.add_row(rule, str(acc["tensors"]), str(acc["numel"]),
-                      ", ".join(f"{x:.4g}" for x in acc["expected_std"]) or "-",
-                      _num(acc["std"]), _num(acc["mean"]), _num(acc["min"]), _num(acc["max"]))
-    console = _console(width)
-    console.print(table)
-    return console.file.getvalue()
+        rows.add_row(rule, str(acc["tensors"]), str(acc["numel"]),
+                     ", ".join(f"{x:.4g}" for x in acc["expected_std"]) or "-",
+                     _num(acc["std"]), _num(acc["mean"]), _num(acc["min"]), _num(acc["max"]))
+    return text_of(rows, width=width)
