@@ -47,3 +47,10 @@ def test_json_round_trip():
     assert data["entries"][1]["steps"] == ["zeros", "add(value=1)"]
     assert data["entries"][1]["stats"]["mean"] == 1.0
     assert json.loads(initspec.plan(nn.Sequential(nn.Linear(3, 2)), "seed_custom").to_json())["seed"] == 0
+
+
+def test_names_with_brackets_are_printed_as_they_are():
+    """Tables are plain text, never rich markup: a ModuleDict key '[red]' is not a colour."""
+    model = nn.ModuleDict({"[red]": nn.Linear(2, 2)})
+    text = initspec.plan(model, {"rules": {"w": {"match": "*", "init": "zeros"}}}).explain()
+    assert "[red].weight" in text and "[red].bias" in text
