@@ -31,8 +31,8 @@ init fail a check about once in a million, measured over 200k pairs per size):
 
 Small tensors carry little information: the tolerances widen by themselves,
 and a tensor whose std cannot be pinned to +-10% says so in its reason
-("small: 64 vs 64 values, std known to ±97%", or "std not pinned down" past a factor 10); 3 values against 3 are almost
-never told apart. A constant is never the same as random values, whatever the size.
+("small: 64 vs 64 values, std known to ±97%", or "std not pinned down" past a
+factor 10); 3 values against 3 are almost never told apart. A constant is never the same as random values, whatever the size.
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def summarize(tensor: torch.Tensor) -> Summary:
         return Summary(shape, dtype, 0, None, None, None, None, None)
     x = _as_float(t)
     low, high = (float(v) for v in x.aminmax())
-    if low == high:   # a constant; all inf (or NaN, which aminmax returns as the bounds) is not a number
+    if low == high:   # a constant (all +inf or all -inf counts as non-finite; NaN never equals itself)
         return Summary(shape, dtype, n, low, 0.0, low, high, 1.0 if low == 0 else 0.0,
                        0 if math.isfinite(low) else n)
     mean = float(x.mean())
@@ -324,7 +324,9 @@ def judge(m: Measured, keep_samples: int = 4096) -> Comparison:
         reason, verdict = "; ".join(notes) + f" (values: {values})", DIFFERS
     elif notes:
         reason = "; ".join([reason, *notes] if reason else notes)
-    kept = (_thin(sa.sort().values, keep_samples), _thin(sb.sort().values, keep_samples)) if verdict == DIFFERS else None
+    kept = None
+    if verdict == DIFFERS:   # a few thousand sorted values per side, for plots
+        kept = (_thin(sa.sort().values, keep_samples), _thin(sb.sort().values, keep_samples))
     return Comparison(verdict, reason, a, b, ks, kept)
 
 

@@ -60,7 +60,8 @@ def diff(a: Any, b: Any, *, labels: tuple[str, str] = ("a", "b"), sample: int = 
     or ``differs`` with the reason ("std 0.0300 vs 0.0200 ...", "bounded at ±0.0400 vs unbounded",
     "constant 1 vs 0"). Names on one side only are rows ``only in a`` / ``only in b``; a tie one
     side has and the other lacks makes its rows differ. Sample positions are seeded per side (and
-    computed once per tensor size), so the same inputs give the same report. ``labels`` name the sides in the table.
+    computed once per tensor size), so the same inputs give the same report. ``labels`` name the
+    sides in the table.
     """
     if not isinstance(sample, int) or isinstance(sample, bool) or sample < 2:
         raise InitSpecError("sample", f"sample must be an integer >= 2, got {sample!r}",

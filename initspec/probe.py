@@ -199,8 +199,7 @@ class OutputRecorder:
 
 def output_reductions(x: torch.Tensor) -> torch.Tensor:
     """[mean, var, non-zeros] of ``x`` as float64 on its device."""
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
+    x = as_float(x)
     mean = x.mean()
     centered = (x - mean).reshape(-1)
     var = torch.dot(centered, centered) / x.numel()

@@ -36,11 +36,11 @@ def probe_table(result: Any, width: int | None = None) -> str:
         rows.add_row(*cells, *(["", ""] if result.params else []))
         for p in params.pop(m.name, []):
             rows.add_row("", "  ." + p.name.rpartition(".")[2], "", "", "", "", "", "", number(p.grad_std),
-                          number(p.grad_to_weight))
+                         number(p.grad_to_weight))
     for rest in params.values():          # parameters of modules that never ran
         for p in rest:
             rows.add_row("", p.name, "(not called)", "", "", "", "", "", number(p.grad_std),
-                          number(p.grad_to_weight))
+                         number(p.grad_to_weight))
     return text_of(rows, width=width)
 
 
